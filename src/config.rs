@@ -1,0 +1,693 @@
+//! Configuration: command-line flags (each also read from an `EPPMUX_*` environment variable), an
+//! optional TOML file, and their validation into one [`Config`] at start-up. A flag or variable
+//! wins over the file; the file wins over defaults. Every error names the key that is wrong.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::frame::DEFAULT_MAX_FRAME;
+use crate::secret::Secret;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "eppmux",
+    version,
+    about = "Pools EPP registry sessions for local clients"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (the default when no command is given).
+    Run(RunArgs),
+    /// Start the embedded mock registry and eppmux in front of it, with certs-example.
+    Demo(DemoArgs),
+    /// Run only the mock EPP registry (for tests, benchmarks and docker-compose).
+    MockRegistry(MockArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Proxy options. Every one is optional here so that the file can supply it; defaults are applied
+/// in [`Config::from_sources`].
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// TOML file with any of these options and a list of [[account]] tables.
+    #[arg(long, env = "EPPMUX_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Plain-TCP listener address (e.g. 127.0.0.1:1700).
+    #[arg(long, env = "EPPMUX_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// TLS listener address (e.g. 127.0.0.1:700); needs --tls-cert and --tls-key.
+    #[arg(long, env = "EPPMUX_LISTEN_TLS", value_name = "ADDR")]
+    pub listen_tls: Option<SocketAddr>,
+    /// PEM certificate chain for the TLS listener.
+    #[arg(long, env = "EPPMUX_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for the TLS listener.
+    #[arg(long, env = "EPPMUX_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: when set, local TLS clients must present a certificate it signed.
+    #[arg(long, env = "EPPMUX_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Registry address.
+    #[arg(long, env = "EPPMUX_UPSTREAM", value_name = "HOST:PORT")]
+    pub upstream: Option<String>,
+    /// PEM CA bundle that signed the registry's certificate (default: the system roots).
+    #[arg(long, env = "EPPMUX_UPSTREAM_CA", value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+    /// PEM client certificate chain presented to the registry.
+    #[arg(long, env = "EPPMUX_UPSTREAM_CERT", value_name = "FILE")]
+    pub upstream_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long, env = "EPPMUX_UPSTREAM_KEY", value_name = "FILE")]
+    pub upstream_key: Option<PathBuf>,
+    /// Name to verify the registry certificate against (and send as SNI) instead of HOST.
+    #[arg(long, env = "EPPMUX_UPSTREAM_SERVER_NAME", value_name = "NAME")]
+    pub upstream_server_name: Option<String>,
+    /// Registrar account (clID) for the single-account form.
+    #[arg(long, env = "EPPMUX_CLID", value_name = "CLID")]
+    pub clid: Option<String>,
+    /// File holding the account's password (or set EPPMUX_PASSWORD).
+    #[arg(long, env = "EPPMUX_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Upstream sessions opened at start [default: 1].
+    #[arg(long, env = "EPPMUX_POOL_MIN", value_name = "N")]
+    pub pool_min: Option<usize>,
+    /// Most upstream sessions this account may hold [default: 4].
+    #[arg(long, env = "EPPMUX_POOL_MAX", value_name = "N")]
+    pub pool_max: Option<usize>,
+    /// Largest EPP frame accepted or sent, header included [default: 1048576].
+    #[arg(long, env = "EPPMUX_MAX_FRAME_SIZE", value_name = "BYTES")]
+    pub max_frame_size: Option<usize>,
+    /// How long a new client waits for a first registry greeting before being closed [default: 3s].
+    #[arg(long, env = "EPPMUX_GREETING_WAIT", value_name = "DURATION", value_parser = parse_duration)]
+    pub greeting_wait: Option<Duration>,
+    /// How long a command waits for a free upstream session before a 2400 answer [default: 2s].
+    #[arg(long, env = "EPPMUX_QUEUE_WAIT", value_name = "DURATION", value_parser = parse_duration)]
+    pub queue_wait: Option<Duration>,
+    /// Failed local logins on one connection before 2501 and close [default: 3].
+    #[arg(long, env = "EPPMUX_MAX_LOGIN_FAILURES", value_name = "N")]
+    pub max_login_failures: Option<u32>,
+    /// Timeout for each step of opening an upstream session: connect, TLS, greeting, login [default: 10s].
+    #[arg(long, env = "EPPMUX_UPSTREAM_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub upstream_timeout: Option<Duration>,
+    /// How long to wait for a registry response to a forwarded command [default: 60s].
+    #[arg(long, env = "EPPMUX_RESPONSE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub response_timeout: Option<Duration>,
+    /// Log format.
+    #[arg(long, env = "EPPMUX_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter (tracing's EnvFilter syntax, e.g. `info` or `eppmux=debug`) [default: info].
+    #[arg(long, env = "EPPMUX_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Where eppmux's TLS listener binds.
+    #[arg(long, env = "EPPMUX_LISTEN_TLS", default_value = "127.0.0.1:1700")]
+    pub listen_tls: SocketAddr,
+    /// Where eppmux's plain-TCP listener binds.
+    #[arg(long, env = "EPPMUX_LISTEN", default_value = "127.0.0.1:1701")]
+    pub listen: SocketAddr,
+    /// Where the mock registry binds.
+    #[arg(long, default_value = "127.0.0.1:1799")]
+    pub registry: SocketAddr,
+    /// Directory with the example certificates.
+    #[arg(long, default_value = "certs-example")]
+    pub certs: PathBuf,
+    /// Simulated processing time of each registry command.
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    pub latency: Duration,
+    #[arg(long, env = "EPPMUX_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MockArgs {
+    /// Address the mock registry listens on (TLS, client certificate required).
+    #[arg(long, env = "EPPMUX_MOCK_LISTEN", default_value = "127.0.0.1:1799")]
+    pub listen: SocketAddr,
+    #[arg(
+        long,
+        env = "EPPMUX_MOCK_CERT",
+        default_value = "certs-example/server.pem"
+    )]
+    pub cert: PathBuf,
+    #[arg(
+        long,
+        env = "EPPMUX_MOCK_KEY",
+        default_value = "certs-example/server-key.pem"
+    )]
+    pub key: PathBuf,
+    /// CA that must have signed the client certificates of registry sessions.
+    #[arg(
+        long,
+        env = "EPPMUX_MOCK_CLIENT_CA",
+        default_value = "certs-example/ca.pem"
+    )]
+    pub client_ca: PathBuf,
+    /// Accounts as CLID:PASSWORD (repeatable).
+    #[arg(
+        long = "account",
+        env = "EPPMUX_MOCK_ACCOUNTS",
+        value_delimiter = ',',
+        default_value = "registrar1:s3cret-Pw"
+    )]
+    pub accounts: Vec<String>,
+    /// Simulated processing time of each command.
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    pub latency: Duration,
+    /// Sessions allowed per clID; a login beyond it gets 2502 and a close.
+    #[arg(long, default_value_t = 100)]
+    pub session_cap: usize,
+    /// Idle time after which the registry closes a session.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    #[arg(long, env = "EPPMUX_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 500ms, 3s or 2m: {e}"))
+}
+
+/// The same options as they may appear in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    listen_tls: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    upstream: Option<String>,
+    upstream_ca: Option<PathBuf>,
+    upstream_cert: Option<PathBuf>,
+    upstream_key: Option<PathBuf>,
+    upstream_server_name: Option<String>,
+    max_frame_size: Option<usize>,
+    greeting_wait: Option<String>,
+    queue_wait: Option<String>,
+    max_login_failures: Option<u32>,
+    upstream_timeout: Option<String>,
+    response_timeout: Option<String>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+    #[serde(default, rename = "account")]
+    accounts: Vec<FileAccount>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAccount {
+    clid: String,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    pool_min: Option<usize>,
+    pool_max: Option<usize>,
+    obj_uris: Option<Vec<String>>,
+    ext_uris: Option<Vec<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// HOST:PORT as given.
+    pub addr: String,
+    /// Name the registry's certificate is verified against and sent as SNI.
+    pub server_name: String,
+    pub ca: Option<PathBuf>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub step_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccountConfig {
+    pub clid: String,
+    pub password: Secret,
+    pub pool_min: usize,
+    pub pool_max: usize,
+    /// Login services; `None` means "what the greeting advertises".
+    pub obj_uris: Option<Vec<String>>,
+    pub ext_uris: Option<Vec<String>>,
+}
+
+/// Validated configuration of the proxy.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Option<SocketAddr>,
+    pub listen_tls: Option<SocketAddr>,
+    pub tls: Option<ServerTls>,
+    pub upstream: UpstreamConfig,
+    pub accounts: Vec<AccountConfig>,
+    pub max_frame: usize,
+    pub greeting_wait: Duration,
+    pub queue_wait: Duration,
+    pub max_login_failures: u32,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+const DEFAULT_POOL_MIN: usize = 1;
+const DEFAULT_POOL_MAX: usize = 4;
+
+impl Config {
+    /// Builds the configuration from flags/environment (`args`), the file they name, and
+    /// `EPPMUX_PASSWORD` (passed in so that tests do not depend on the process environment).
+    pub fn from_sources(
+        args: &RunArgs,
+        env_password: Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let base_dir = args
+            .config
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf);
+        // Relative paths in the file are relative to the file, so a config directory can be moved.
+        let rel = |p: Option<PathBuf>| -> Option<PathBuf> {
+            p.map(|p| match &base_dir {
+                Some(dir) if p.is_relative() => dir.join(p),
+                _ => p,
+            })
+        };
+        let dur =
+            |key: &'static str, flag: Option<Duration>, file: Option<String>, default: Duration| {
+                match (flag, file) {
+                    (Some(d), _) => Ok(d),
+                    (None, Some(s)) => parse_duration(&s).map_err(|m| invalid(key, m)),
+                    (None, None) => Ok(default),
+                }
+            };
+
+        let listen = args.listen.or(file.listen);
+        let listen_tls = args.listen_tls.or(file.listen_tls);
+        if listen.is_none() && listen_tls.is_none() {
+            return Err(invalid(
+                "listen",
+                "no listener: set --listen and/or --listen-tls",
+            ));
+        }
+        let tls_cert = args.tls_cert.clone().or(rel(file.tls_cert));
+        let tls_key = args.tls_key.clone().or(rel(file.tls_key));
+        let tls_client_ca = args.tls_client_ca.clone().or(rel(file.tls_client_ca));
+        let tls = match (listen_tls, tls_cert, tls_key) {
+            (Some(_), Some(cert), Some(key)) => Some(ServerTls {
+                cert,
+                key,
+                client_ca: tls_client_ca,
+            }),
+            (Some(_), None, _) => return Err(invalid("tls_cert", "--listen-tls needs --tls-cert")),
+            (Some(_), _, None) => return Err(invalid("tls_key", "--listen-tls needs --tls-key")),
+            (None, _, _) => None,
+        };
+
+        let addr = args.upstream.clone().or(file.upstream).ok_or_else(|| {
+            invalid(
+                "upstream",
+                "the registry address is required (--upstream HOST:PORT)",
+            )
+        })?;
+        let host = split_host_port(&addr)
+            .ok_or_else(|| invalid("upstream", format!("`{addr}` is not HOST:PORT")))?;
+        let server_name = args
+            .upstream_server_name
+            .clone()
+            .or(file.upstream_server_name)
+            .unwrap_or_else(|| host.to_string());
+        if rustls_pki_types::ServerName::try_from(server_name.clone()).is_err() {
+            return Err(invalid(
+                "upstream_server_name",
+                format!("`{server_name}` is not a DNS name or IP address"),
+            ));
+        }
+        let upstream = UpstreamConfig {
+            addr,
+            server_name,
+            ca: args.upstream_ca.clone().or(rel(file.upstream_ca)),
+            cert: args
+                .upstream_cert
+                .clone()
+                .or(rel(file.upstream_cert))
+                .ok_or_else(|| {
+                    invalid(
+                        "upstream_cert",
+                        "a client certificate for the registry is required (RFC 5734 §9)",
+                    )
+                })?,
+            key: args
+                .upstream_key
+                .clone()
+                .or(rel(file.upstream_key))
+                .ok_or_else(|| {
+                    invalid(
+                        "upstream_key",
+                        "the client certificate's private key is required",
+                    )
+                })?,
+            step_timeout: dur(
+                "upstream_timeout",
+                args.upstream_timeout,
+                file.upstream_timeout,
+                Duration::from_secs(10),
+            )?,
+            response_timeout: dur(
+                "response_timeout",
+                args.response_timeout,
+                file.response_timeout,
+                Duration::from_secs(60),
+            )?,
+        };
+
+        let mut accounts = Vec::new();
+        for acc in file.accounts {
+            let password = match (acc.password, rel(acc.password_file)) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "account.password",
+                        format!(
+                            "account {}: set password or password_file, not both",
+                            acc.clid
+                        ),
+                    ))
+                }
+                (Some(p), None) => Secret::new(p),
+                (None, Some(path)) => read_password_file("account.password_file", &path)?,
+                (None, None) => {
+                    return Err(invalid(
+                        "account.password",
+                        format!(
+                            "account {}: password or password_file is required",
+                            acc.clid
+                        ),
+                    ))
+                }
+            };
+            accounts.push(AccountConfig {
+                clid: acc.clid,
+                password,
+                pool_min: acc.pool_min.unwrap_or(DEFAULT_POOL_MIN),
+                pool_max: acc.pool_max.unwrap_or(DEFAULT_POOL_MAX),
+                obj_uris: acc.obj_uris,
+                ext_uris: acc.ext_uris,
+            });
+        }
+        if let Some(clid) = &args.clid {
+            let password = match (&args.password_file, env_password) {
+                (Some(path), _) => read_password_file("password_file", path)?,
+                (None, Some(p)) => Secret::new(p),
+                (None, None) => {
+                    return Err(invalid(
+                        "password",
+                        "--clid needs --password-file or EPPMUX_PASSWORD",
+                    ))
+                }
+            };
+            accounts.push(AccountConfig {
+                clid: clid.clone(),
+                password,
+                pool_min: args.pool_min.unwrap_or(DEFAULT_POOL_MIN),
+                pool_max: args.pool_max.unwrap_or(DEFAULT_POOL_MAX),
+                obj_uris: None,
+                ext_uris: None,
+            });
+        } else if args.pool_min.is_some() || args.pool_max.is_some() {
+            return Err(invalid(
+                "pool_min",
+                "--pool-min/--pool-max apply to --clid; set pool sizes per [[account]] in the file",
+            ));
+        }
+        if accounts.is_empty() {
+            return Err(invalid(
+                "clid",
+                "no registrar account: set --clid or add [[account]] tables to the file",
+            ));
+        }
+        for (i, acc) in accounts.iter().enumerate() {
+            if acc.clid.is_empty() {
+                return Err(invalid("clid", "must not be empty"));
+            }
+            if acc.password.is_empty() {
+                return Err(invalid(
+                    "password",
+                    format!("account {}: the password is empty", acc.clid),
+                ));
+            }
+            if acc.pool_max == 0 {
+                return Err(invalid(
+                    "pool_max",
+                    format!("account {}: must be at least 1", acc.clid),
+                ));
+            }
+            if acc.pool_min > acc.pool_max {
+                return Err(invalid(
+                    "pool_min",
+                    format!(
+                        "account {}: pool_min ({}) exceeds pool_max ({})",
+                        acc.clid, acc.pool_min, acc.pool_max
+                    ),
+                ));
+            }
+            if accounts[..i].iter().any(|a| a.clid == acc.clid) {
+                return Err(invalid(
+                    "clid",
+                    format!("account {} is configured twice", acc.clid),
+                ));
+            }
+        }
+
+        let max_frame = args
+            .max_frame_size
+            .or(file.max_frame_size)
+            .unwrap_or(DEFAULT_MAX_FRAME);
+        if max_frame < 64 || max_frame > u32::MAX as usize {
+            return Err(invalid(
+                "max_frame_size",
+                format!("{max_frame} is outside 64..=4294967295"),
+            ));
+        }
+        let max_login_failures = args
+            .max_login_failures
+            .or(file.max_login_failures)
+            .unwrap_or(3);
+        if max_login_failures == 0 {
+            return Err(invalid("max_login_failures", "must be at least 1"));
+        }
+        Ok(Config {
+            listen,
+            listen_tls,
+            tls,
+            upstream,
+            accounts,
+            max_frame,
+            greeting_wait: dur(
+                "greeting_wait",
+                args.greeting_wait,
+                file.greeting_wait,
+                Duration::from_secs(3),
+            )?,
+            queue_wait: dur(
+                "queue_wait",
+                args.queue_wait,
+                file.queue_wait,
+                Duration::from_secs(2),
+            )?,
+            max_login_failures,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            log_level: args
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.into(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+        path: path.into(),
+        message: e.to_string(),
+    })
+}
+
+fn read_password_file(key: &'static str, path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(key, format!("{}: {e}", path.display())))?;
+    // Files written by `echo` or editors end with a newline that is not part of the password.
+    Ok(Secret::new(text.trim_end_matches(['\r', '\n'])))
+}
+
+/// The host part of HOST:PORT or [V6]:PORT, if the port is a number.
+fn split_host_port(addr: &str) -> Option<&str> {
+    let (host, port) = addr.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then_some(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> RunArgs {
+        RunArgs {
+            listen: Some("127.0.0.1:1700".parse().unwrap()),
+            upstream: Some("epp.example.net:700".into()),
+            upstream_cert: Some("c.pem".into()),
+            upstream_key: Some("k.pem".into()),
+            clid: Some("r1".into()),
+            ..RunArgs::default()
+        }
+    }
+
+    fn err_key(args: &RunArgs, pw: Option<&str>) -> String {
+        match Config::from_sources(args, pw.map(String::from)) {
+            Err(ConfigError::Invalid { key, .. }) => key.to_string(),
+            other => panic!("expected an invalid-key error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn single_account_from_flags() {
+        let cfg = Config::from_sources(&base(), Some("pw".into())).unwrap();
+        assert_eq!(cfg.upstream.server_name, "epp.example.net");
+        assert_eq!(cfg.accounts.len(), 1);
+        assert_eq!((cfg.accounts[0].pool_min, cfg.accounts[0].pool_max), (1, 4));
+        assert!(
+            !format!("{cfg:?}").contains("pw\""),
+            "password must not be in Debug output"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert_eq!(err_key(&base(), None), "password");
+        let mut a = base();
+        a.pool_min = Some(5);
+        a.pool_max = Some(2);
+        assert_eq!(err_key(&a, Some("pw")), "pool_min");
+        let mut a = base();
+        a.listen = None;
+        assert_eq!(err_key(&a, Some("pw")), "listen");
+        let mut a = base();
+        a.listen_tls = Some("127.0.0.1:700".parse().unwrap());
+        assert_eq!(err_key(&a, Some("pw")), "tls_cert");
+        let mut a = base();
+        a.upstream = Some("no-port".into());
+        assert_eq!(err_key(&a, Some("pw")), "upstream");
+        let mut a = base();
+        a.upstream_cert = None;
+        assert_eq!(err_key(&a, Some("pw")), "upstream_cert");
+    }
+
+    #[test]
+    fn file_with_accounts_and_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw2"), "second\n").unwrap();
+        let path = dir.path().join("eppmux.toml");
+        std::fs::write(
+            &path,
+            r#"
+listen = "127.0.0.1:1701"
+upstream = "127.0.0.1:700"
+upstream_server_name = "registry.example"
+upstream_cert = "client.pem"
+upstream_key = "client-key.pem"
+queue_wait = "250ms"
+[[account]]
+clid = "a1"
+password = "first"
+pool_max = 2
+[[account]]
+clid = "a2"
+password_file = "pw2"
+pool_min = 0
+"#,
+        )
+        .unwrap();
+        let args = RunArgs {
+            config: Some(path.clone()),
+            ..RunArgs::default()
+        };
+        let cfg = Config::from_sources(&args, None).unwrap();
+        assert_eq!(cfg.accounts.len(), 2);
+        assert!(cfg.accounts[1].password.ct_eq("second"));
+        assert_eq!(cfg.upstream.cert, dir.path().join("client.pem"));
+        assert_eq!(cfg.queue_wait, Duration::from_millis(250));
+        // A flag beats the file.
+        let args = RunArgs {
+            config: Some(path.clone()),
+            queue_wait: Some(Duration::from_secs(1)),
+            ..RunArgs::default()
+        };
+        assert_eq!(
+            Config::from_sources(&args, None).unwrap().queue_wait,
+            Duration::from_secs(1)
+        );
+        // Unknown keys are refused, by name.
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\nbogus_key = 1\n").unwrap();
+        let args = RunArgs {
+            config: Some(path),
+            ..RunArgs::default()
+        };
+        let msg = Config::from_sources(&args, None).unwrap_err().to_string();
+        assert!(msg.contains("bogus_key"), "{msg}");
+    }
+}

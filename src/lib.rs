@@ -1,0 +1,19 @@
+//! eppmux: a local proxy that lets many unmodified EPP clients share a few persistent,
+//! pre-logged-in registry sessions.
+//!
+//! Read top-down: [`config`] (what to run) → [`proxy`] (wiring) → [`listener`] (accept, TLS) →
+//! [`client_session`] (one client's EPP state machine) → [`pool`] (the sessions of one account) →
+//! [`upstream`] (one registry session). [`frame`] and [`epp`] are the wire formats, [`tls`] builds
+//! the TLS configs, and [`mock_registry`] is the registry used by the demo, tests and benchmarks.
+
+pub mod client_session;
+pub mod config;
+pub mod epp;
+pub mod frame;
+pub mod listener;
+pub mod mock_registry;
+pub mod pool;
+pub mod proxy;
+pub mod secret;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,217 @@
+//! The `eppmux` binary: parses the command line and wires the library's pieces together.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use eppmux::config::{
+    AccountConfig, Cli, Command, Config, DemoArgs, LogFormat, MockArgs, RunArgs, ServerTls,
+    UpstreamConfig,
+};
+use eppmux::mock_registry::{MockConfig, MockRegistry};
+use eppmux::proxy::Proxy;
+use eppmux::secret::Secret;
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        None => runtime.block_on(run(cli.run)),
+        Some(Command::Run(args)) => runtime.block_on(run(args)),
+        Some(Command::Demo(args)) => runtime.block_on(demo(args)),
+        Some(Command::MockRegistry(args)) => runtime.block_on(mock(args)),
+    }
+}
+
+fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("log_level: `{filter}` is not a valid filter"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let cfg = Config::from_sources(&args, std::env::var("EPPMUX_PASSWORD").ok())
+        .context("invalid configuration")?;
+    init_logging(cfg.log_format, &cfg.log_level)?;
+    serve(cfg).await
+}
+
+/// Runs the proxy until SIGINT/SIGTERM; a second signal exits at once.
+async fn serve(cfg: Config) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    let proxy = Proxy::start(&cfg, shutdown.clone()).await?;
+    info!(
+        plain = ?proxy.plain_addr,
+        tls = ?proxy.tls_addr,
+        upstream = %cfg.upstream.addr,
+        accounts = cfg.accounts.len(),
+        "eppmux started"
+    );
+    wait_for_signal().await;
+    info!("shutting down: stopping listeners, logging out of upstream sessions");
+    tokio::select! {
+        _ = proxy.shutdown() => info!("shutdown complete"),
+        _ = wait_for_signal() => warn!("second signal: exiting at once"),
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs only the mock registry.
+async fn mock(args: MockArgs) -> Result<()> {
+    init_logging(args.log_format, "info")?;
+    let tls = eppmux::tls::server_config(&args.cert, &args.key, Some(&args.client_ca))?;
+    let mut accounts = std::collections::HashMap::new();
+    for entry in &args.accounts {
+        let (clid, pw) = entry
+            .split_once(':')
+            .with_context(|| format!("--account `{entry}` is not CLID:PASSWORD"))?;
+        accounts.insert(clid.to_string(), pw.to_string());
+    }
+    let cfg = MockConfig {
+        accounts,
+        latency: args.latency,
+        session_cap: args.session_cap,
+        idle_timeout: args.idle_timeout,
+        ..MockConfig::default()
+    };
+    let registry = MockRegistry::start(args.listen, tls, cfg).await?;
+    info!(addr = %registry.addr, "mock registry ready (client certificate required)");
+    wait_for_signal().await;
+    registry.shutdown().await;
+    Ok(())
+}
+
+/// The example certificates, compiled in so that `eppmux demo` also works outside a checkout.
+const EMBEDDED_CERTS: &[(&str, &str)] = &[
+    ("ca.pem", include_str!("../certs-example/ca.pem")),
+    ("server.pem", include_str!("../certs-example/server.pem")),
+    (
+        "server-key.pem",
+        include_str!("../certs-example/server-key.pem"),
+    ),
+    ("client.pem", include_str!("../certs-example/client.pem")),
+    (
+        "client-key.pem",
+        include_str!("../certs-example/client-key.pem"),
+    ),
+];
+
+fn demo_certs(dir: &Path) -> Result<PathBuf> {
+    if dir.join("ca.pem").is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    let out = std::env::temp_dir().join(format!("eppmux-demo-certs-{}", std::process::id()));
+    std::fs::create_dir_all(&out)?;
+    for (name, pem) in EMBEDDED_CERTS {
+        std::fs::write(out.join(name), pem)?;
+    }
+    Ok(out)
+}
+
+/// The mock registry on loopback and eppmux in front of it, with the example certificates.
+async fn demo(args: DemoArgs) -> Result<()> {
+    init_logging(args.log_format, "info")?;
+    let certs = demo_certs(&args.certs)?;
+    let (clid, password) = ("registrar1", "s3cret-Pw");
+    let registry_tls = eppmux::tls::server_config(
+        &certs.join("server.pem"),
+        &certs.join("server-key.pem"),
+        Some(&certs.join("ca.pem")),
+    )?;
+    let mock_cfg = MockConfig {
+        latency: args.latency,
+        ..MockConfig::default()
+    };
+    let registry = MockRegistry::start(args.registry, registry_tls, mock_cfg)
+        .await
+        .with_context(|| format!("mock registry on {}", args.registry))?;
+
+    let cfg = Config {
+        listen: Some(args.listen),
+        listen_tls: Some(args.listen_tls),
+        tls: Some(ServerTls {
+            cert: certs.join("server.pem"),
+            key: certs.join("server-key.pem"),
+            client_ca: None,
+        }),
+        upstream: UpstreamConfig {
+            addr: registry.addr.to_string(),
+            server_name: "localhost".into(),
+            ca: Some(certs.join("ca.pem")),
+            cert: certs.join("client.pem"),
+            key: certs.join("client-key.pem"),
+            step_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(60),
+        },
+        accounts: vec![AccountConfig {
+            clid: clid.into(),
+            password: Secret::new(password),
+            pool_min: 2,
+            pool_max: 4,
+            obj_uris: None,
+            ext_uris: None,
+        }],
+        max_frame: eppmux::frame::DEFAULT_MAX_FRAME,
+        greeting_wait: Duration::from_secs(3),
+        queue_wait: Duration::from_secs(2),
+        max_login_failures: 3,
+        log_format: args.log_format,
+        log_level: "info".into(),
+    };
+    let ca = certs.join("ca.pem");
+    let tls_port = args.listen_tls.port();
+    eprintln!(
+        "\neppmux demo: mock registry on {reg}, eppmux TLS on {tls}, plain TCP on {plain}\n\
+         account: clID {clid}, password {password}\n\n\
+         See the greeting:\n  openssl s_client -connect localhost:{tls_port} -CAfile {ca} -quiet\n\
+         Send example commands (login, check, logout):\n  scripts/epp-send.sh localhost:{tls_port} examples/login.xml examples/check.xml examples/logout.xml\n\
+         From epplib (Python): SSL_CERT_FILE={ca} and host \"localhost\", port {tls_port}\n\
+         Stop with Ctrl-C.\n",
+        reg = registry.addr,
+        tls = args.listen_tls,
+        plain = args.listen,
+        ca = ca.display(),
+    );
+    let res = serve(cfg).await;
+    registry.shutdown().await;
+    res
+}

@@ -1,0 +1,132 @@
+//! Wiring of one running proxy: builds TLS configs and pools from a validated [`Config`], binds
+//! the listeners, and shuts everything down through one `CancellationToken`. `main` and the
+//! tests both start eppmux through [`Proxy::start`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client_session::{Account, ClientContext};
+use crate::config::Config;
+use crate::pool::Pool;
+use crate::tls::TlsError;
+use crate::upstream::UpstreamTarget;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct Proxy {
+    /// Bound address of the plain-TCP listener (useful with port 0).
+    pub plain_addr: Option<SocketAddr>,
+    pub tls_addr: Option<SocketAddr>,
+    pub pools: Vec<Pool>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Proxy {
+    /// Binds the listeners and starts the pools; returns once eppmux is accepting clients.
+    pub async fn start(cfg: &Config, shutdown: CancellationToken) -> Result<Proxy, StartError> {
+        let target = Arc::new(UpstreamTarget::new(&cfg.upstream, cfg.max_frame)?);
+        let acceptor = match &cfg.tls {
+            Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(
+                &t.cert,
+                &t.key,
+                t.client_ca.as_deref(),
+            )?)),
+            None => None,
+        };
+        let plain = match cfg.listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let tls = match cfg.listen_tls {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+
+        let tasks = TaskTracker::new();
+        let (greeting_tx, greeting_rx) = watch::channel(None);
+        let accounts: Vec<Account> = cfg
+            .accounts
+            .iter()
+            .map(|acc| Account {
+                clid: acc.clid.clone(),
+                password: acc.password.clone(),
+                pool: Pool::start(
+                    acc.clone(),
+                    target.clone(),
+                    greeting_tx.clone(),
+                    shutdown.clone(),
+                    tasks.clone(),
+                ),
+            })
+            .collect();
+        let pools = accounts.iter().map(|a| a.pool.clone()).collect();
+        let ctx = Arc::new(ClientContext::new(
+            accounts,
+            greeting_rx,
+            cfg,
+            shutdown.clone(),
+        ));
+
+        let plain_addr = plain.as_ref().and_then(|l| l.local_addr().ok());
+        let tls_addr = tls.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(listener) = plain {
+            tasks.spawn(crate::listener::serve(
+                listener,
+                None,
+                ctx.clone(),
+                tasks.clone(),
+                shutdown.clone(),
+            ));
+        }
+        if let Some(listener) = tls {
+            tasks.spawn(crate::listener::serve(
+                listener,
+                acceptor,
+                ctx,
+                tasks.clone(),
+                shutdown.clone(),
+            ));
+        }
+        Ok(Proxy {
+            plain_addr,
+            tls_addr,
+            pools,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops accepting, closes idle clients, logs out of every upstream session, and returns when
+    /// all of that is done.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    pub fn token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}

@@ -1,0 +1,261 @@
+//! One registry session: TCP + mutual TLS, the greeting, `<login>`, and then one command at a time
+//! (RFC 5730 processes commands in order; pipelining is left for later). This module knows the
+//! protocol of a single session; when sessions are opened, handed out and replaced is the pool's.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::Framed;
+
+use crate::config::{AccountConfig, UpstreamConfig};
+use crate::epp::{self, Message};
+use crate::frame::{EppCodec, FrameError};
+use crate::tls::TlsError;
+
+/// What every session of every account shares: where the registry is and how to reach it.
+pub struct UpstreamTarget {
+    pub addr: String,
+    pub server_name: ServerName<'static>,
+    pub connector: TlsConnector,
+    pub step_timeout: Duration,
+    pub response_timeout: Duration,
+    pub max_frame: usize,
+}
+
+impl UpstreamTarget {
+    pub fn new(cfg: &UpstreamConfig, max_frame: usize) -> Result<Self, TlsError> {
+        let tls = crate::tls::client_config(cfg.ca.as_deref(), Some((&cfg.cert, &cfg.key)))?;
+        let server_name = ServerName::try_from(cfg.server_name.clone()).map_err(|e| {
+            TlsError::Config(format!("upstream_server_name `{}`: {e}", cfg.server_name))
+        })?;
+        Ok(Self {
+            addr: cfg.addr.clone(),
+            server_name,
+            connector: TlsConnector::from(tls),
+            step_timeout: cfg.step_timeout,
+            response_timeout: cfg.response_timeout,
+            max_frame,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("{step} timed out after {after:?}")]
+    Timeout { step: &'static str, after: Duration },
+    #[error("registry closed the connection during {0}")]
+    Closed(&'static str),
+    #[error("reading {step}: {source}")]
+    Frame {
+        step: &'static str,
+        source: FrameError,
+    },
+    #[error("{step}: unexpected message from the registry: {detail}")]
+    Unexpected { step: &'static str, detail: String },
+    #[error("login refused by the registry: {code} {msg}")]
+    LoginRefused { code: u16, msg: String },
+}
+
+impl OpenError {
+    pub fn login_code(&self) -> Option<u16> {
+        match self {
+            OpenError::LoginRefused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Why a forwarded command has no response for its client.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ExchangeError {
+    /// The command was written (or may have been): the registry may have executed it.
+    #[error("response lost: {0}")]
+    Lost(String),
+    /// A response came back but is not this command's: the session is out of step.
+    #[error("registry answered clTRID {got:?} to a command with clTRID {expected:?}")]
+    OutOfStep {
+        expected: String,
+        got: Option<String>,
+    },
+}
+
+/// A registry response, with its result code already read.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub frame: Bytes,
+    pub code: u16,
+}
+
+pub struct Session {
+    framed: Framed<TlsStream<TcpStream>, EppCodec>,
+    pub peer: Option<SocketAddr>,
+}
+
+impl Session {
+    /// Connects, reads the greeting (handed to `on_greeting` as it came) and logs in.
+    pub async fn open(
+        target: &UpstreamTarget,
+        account: &AccountConfig,
+        login_cltrid: &str,
+        on_greeting: impl FnOnce(Bytes),
+    ) -> Result<Session, OpenError> {
+        let step = target.step_timeout;
+        let tcp = timeout(step, TcpStream::connect(&target.addr))
+            .await
+            .map_err(|_| OpenError::Timeout {
+                step: "connect",
+                after: step,
+            })?
+            .map_err(|source| OpenError::Connect {
+                addr: target.addr.clone(),
+                source,
+            })?;
+        // Every frame is one small write followed by a wait for the answer: Nagle only adds delay.
+        let _ = tcp.set_nodelay(true);
+        let peer = tcp.peer_addr().ok();
+        let tls = timeout(
+            step,
+            target.connector.connect(target.server_name.clone(), tcp),
+        )
+        .await
+        .map_err(|_| OpenError::Timeout {
+            step: "TLS handshake",
+            after: step,
+        })?
+        .map_err(OpenError::Tls)?;
+        let mut framed = Framed::new(tls, EppCodec::new(target.max_frame));
+
+        let greeting_frame = read_frame(&mut framed, "greeting", step).await?;
+        let greeting = match epp::sniff(&greeting_frame) {
+            Ok(Message::Greeting(g)) => g,
+            Ok(other) => return Err(unexpected("greeting", format!("{other:?}"))),
+            Err(e) => return Err(unexpected("greeting", e.to_string())),
+        };
+        on_greeting(greeting_frame);
+
+        let obj_uris = account.obj_uris.clone().unwrap_or(greeting.obj_uris);
+        let ext_uris = account.ext_uris.clone().unwrap_or(greeting.ext_uris);
+        let login = epp::login(
+            &account.clid,
+            &account.password,
+            &obj_uris,
+            &ext_uris,
+            login_cltrid,
+        );
+        framed
+            .send(login)
+            .await
+            .map_err(|source| OpenError::Frame {
+                step: "login",
+                source,
+            })?;
+        let answer = read_frame(&mut framed, "login", step).await?;
+        match epp::sniff(&answer) {
+            Ok(Message::Response(r)) if r.code == 1000 => Ok(Session { framed, peer }),
+            Ok(Message::Response(r)) => Err(OpenError::LoginRefused {
+                code: r.code,
+                msg: r.msg,
+            }),
+            Ok(other) => Err(unexpected("login", format!("{other:?}"))),
+            Err(e) => Err(unexpected("login", e.to_string())),
+        }
+    }
+
+    /// Sends one command and waits for its response. `cltrid` is the command's own clTRID, if it
+    /// had one: a response that carries another one means this session is out of step.
+    /// Any error leaves the session unusable.
+    pub async fn exchange(
+        &mut self,
+        frame: Bytes,
+        cltrid: Option<&str>,
+        wait: Duration,
+    ) -> Result<Reply, ExchangeError> {
+        self.framed
+            .send(frame)
+            .await
+            .map_err(|e| ExchangeError::Lost(format!("write failed: {e}")))?;
+        let answer = match timeout(wait, self.framed.next()).await {
+            Err(_) => return Err(ExchangeError::Lost(format!("no response within {wait:?}"))),
+            Ok(None) => return Err(ExchangeError::Lost("registry closed the connection".into())),
+            Ok(Some(Err(e))) => return Err(ExchangeError::Lost(format!("read failed: {e}"))),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        match epp::sniff(&answer) {
+            Ok(Message::Response(r)) => {
+                if let Some(expected) = cltrid {
+                    if r.cltrid.as_deref() != Some(expected) {
+                        return Err(ExchangeError::OutOfStep {
+                            expected: expected.to_string(),
+                            got: r.cltrid,
+                        });
+                    }
+                }
+                Ok(Reply {
+                    frame: answer,
+                    code: r.code,
+                })
+            }
+            Ok(other) => Err(ExchangeError::Lost(format!(
+                "registry sent {other:?} instead of a response"
+            ))),
+            Err(e) => Err(ExchangeError::Lost(format!(
+                "registry response unreadable: {e}"
+            ))),
+        }
+    }
+
+    /// Resolves when the registry sends something while no command is outstanding: a close, an
+    /// error, or an unsolicited frame. Each of them ends the session.
+    pub async fn unsolicited(&mut self) -> String {
+        match self.framed.next().await {
+            None => "registry closed the idle session".into(),
+            Some(Err(e)) => format!("idle session failed: {e}"),
+            Some(Ok(frame)) => match epp::sniff(&frame) {
+                Ok(Message::Response(r)) => format!("unsolicited response {} {}", r.code, r.msg),
+                _ => "unsolicited frame from the registry".into(),
+            },
+        }
+    }
+
+    /// Ends the session politely; errors are irrelevant at this point.
+    pub async fn logout(mut self, cltrid: &str, wait: Duration) {
+        let _ = timeout(wait, async {
+            if self.framed.send(epp::logout(cltrid)).await.is_ok() {
+                let _ = self.framed.next().await;
+            }
+            let _ = self.framed.close().await;
+        })
+        .await;
+    }
+}
+
+fn unexpected(step: &'static str, detail: String) -> OpenError {
+    OpenError::Unexpected { step, detail }
+}
+
+async fn read_frame(
+    framed: &mut Framed<TlsStream<TcpStream>, EppCodec>,
+    step: &'static str,
+    wait: Duration,
+) -> Result<Bytes, OpenError> {
+    match timeout(wait, framed.next()).await {
+        Err(_) => Err(OpenError::Timeout { step, after: wait }),
+        Ok(None) => Err(OpenError::Closed(step)),
+        Ok(Some(Err(source))) => Err(OpenError::Frame { step, source }),
+        Ok(Some(Ok(frame))) => Ok(frame),
+    }
+}
