@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy (the default when no command is given).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Start the embedded mock registry and eppmux in front of it, with certs-example.
     Demo(DemoArgs),
     /// Run only the mock EPP registry (for tests, benchmarks and docker-compose).

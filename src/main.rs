@@ -23,7 +23,7 @@ fn main() -> Result<()> {
         .build()?;
     match cli.command {
         None => runtime.block_on(run(cli.run)),
-        Some(Command::Run(args)) => runtime.block_on(run(args)),
+        Some(Command::Run(args)) => runtime.block_on(run(*args)),
         Some(Command::Demo(args)) => runtime.block_on(demo(args)),
         Some(Command::MockRegistry(args)) => runtime.block_on(mock(args)),
     }

@@ -3,8 +3,9 @@
 //!
 //! It implements: greeting, hello, login (per-clID session cap: 2502 and close), logout,
 //! domain check/info/create/delete, poll (always empty), a per-command processing time and an
-//! idle timeout. For tests it records every exchange and can hold commands on domains named
-//! `hold-*` until the test releases them, which makes "a session is busy" deterministic.
+//! idle timeout. For tests it records every exchange, can hold commands on domains named
+//! `hold-*` until the test releases them (which makes "a session is busy" deterministic), and
+//! answers commands on domains named `mismatch-*` with a wrong clTRID (a registry out of step).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -297,7 +298,17 @@ async fn answer(frame: &[u8], clid: &mut Option<String>, shared: &Shared) -> (By
             )
         }
     };
-    let cltrid = cmd.cltrid.as_deref();
+    let wrong_cltrid = cmd.cltrid.as_ref().map(|c| format!("not-{c}"));
+    let names = if clid.is_some() {
+        domain_names(frame)
+    } else {
+        Vec::new()
+    };
+    let cltrid = if names.iter().any(|n| n.starts_with("mismatch-")) {
+        wrong_cltrid.as_deref()
+    } else {
+        cmd.cltrid.as_deref()
+    };
     let Some(owner) = clid.clone() else {
         if cmd.verb != "login" {
             return (reply(2002, "Command use error", cltrid), After::Continue);
@@ -339,7 +350,6 @@ async fn answer(frame: &[u8], clid: &mut Option<String>, shared: &Shared) -> (By
             After::Continue,
         );
     };
-    let names = domain_names(frame);
     if names.iter().any(|n| n.starts_with("hold-")) {
         shared.held.send_modify(|n| *n += 1);
         if let Ok(permit) = shared.release.acquire().await {

@@ -80,6 +80,8 @@ struct Inner {
     tasks: TaskTracker,
     state: Mutex<State>,
     next_id: AtomicU64,
+    /// Bumped whenever a session opens, fails to open or ends, for [`Pool::wait_for`].
+    changed: watch::Sender<()>,
 }
 
 /// A snapshot of a pool's sessions, for logs, tests and (later) metrics.
@@ -114,6 +116,7 @@ impl Pool {
             tasks,
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
+            changed: watch::Sender::new(()),
         });
         inner.maintain();
         Pool { inner }
@@ -130,6 +133,19 @@ impl Pool {
             idle: st.idle.len(),
             connecting: st.connecting,
             waiting: st.waiters.iter().filter(|w| !w.is_closed()).count(),
+        }
+    }
+
+    /// Waits until the pool's sessions satisfy `pred` (e.g. "at least one logged in").
+    pub async fn wait_for(&self, pred: impl Fn(&PoolStats) -> bool) {
+        let mut rx = self.inner.changed.subscribe();
+        loop {
+            if pred(&self.stats()) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
         }
     }
 
@@ -277,6 +293,7 @@ impl Inner {
             st.connecting -= 1;
             st.failures = st.failures.saturating_add(1);
         }
+        self.changed.send_replace(());
         self.maintain();
     }
 
@@ -288,6 +305,7 @@ impl Inner {
             st.failures = 0;
         }
         self.release(handle);
+        self.changed.send_replace(());
     }
 
     fn on_gone(self: &Arc<Self>) {
@@ -296,6 +314,7 @@ impl Inner {
             st.live -= 1;
             st.idle.retain(|h| !h.jobs.is_closed());
         }
+        self.changed.send_replace(());
         self.maintain();
     }
 }

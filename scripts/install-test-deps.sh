@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond the Rust toolchain, on a fresh Debian machine:
+#   - libnet-epp-perl: Perl Net::EPP, an independent EPP client the interop tests drive
+#   - openssl, python3: scripts/epp-send.sh and the epplib-style transport test
+# Does nothing when everything is already there. Needs root (or sudo) for apt-get.
+set -euo pipefail
+missing=()
+perl -MNet::EPP::Simple -e1 2>/dev/null || missing+=(libnet-epp-perl)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v python3 >/dev/null || missing+=(python3)
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "installing: ${missing[*]}"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"

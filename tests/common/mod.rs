@@ -1,0 +1,250 @@
+//! Test harness: a mock registry and an eppmux in front of it, both on loopback with ephemeral
+//! ports and the certificates in certs-example, plus a small EPP client over TLS or plain TCP.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use eppmux::config::{AccountConfig, Config, LogFormat, ServerTls, UpstreamConfig};
+use eppmux::epp::{self, Message, Response};
+use eppmux::frame::EppCodec;
+use eppmux::mock_registry::{MockConfig, MockRegistry};
+use eppmux::proxy::Proxy;
+use eppmux::secret::Secret;
+use futures_util::{SinkExt, StreamExt};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+pub const CLID: &str = "registrar1";
+pub const PASSWORD: &str = "s3cret-Pw";
+
+pub fn certs() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("certs-example")
+}
+
+pub fn cert(name: &str) -> PathBuf {
+    certs().join(name)
+}
+
+/// A sample frame from tests/frames.
+pub fn sample(name: &str) -> Bytes {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/frames")
+        .join(name);
+    Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+pub fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+pub async fn start_mock(cfg: MockConfig) -> MockRegistry {
+    let tls = eppmux::tls::server_config(
+        &cert("server.pem"),
+        &cert("server-key.pem"),
+        Some(&cert("ca.pem")),
+    )
+    .unwrap();
+    MockRegistry::start(loopback(), tls, cfg).await.unwrap()
+}
+
+/// A proxy configuration for a registry at `upstream`, with both listeners on ephemeral ports.
+pub fn proxy_config(upstream: SocketAddr) -> Config {
+    Config {
+        listen: Some(loopback()),
+        listen_tls: Some(loopback()),
+        tls: Some(ServerTls {
+            cert: cert("server.pem"),
+            key: cert("server-key.pem"),
+            client_ca: None,
+        }),
+        upstream: UpstreamConfig {
+            addr: upstream.to_string(),
+            server_name: "localhost".into(),
+            ca: Some(cert("ca.pem")),
+            cert: cert("client.pem"),
+            key: cert("client-key.pem"),
+            step_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(30),
+        },
+        accounts: vec![AccountConfig {
+            clid: CLID.into(),
+            password: Secret::new(PASSWORD),
+            pool_min: 1,
+            pool_max: 2,
+            obj_uris: None,
+            ext_uris: None,
+        }],
+        max_frame: eppmux::frame::DEFAULT_MAX_FRAME,
+        greeting_wait: Duration::from_secs(5),
+        queue_wait: Duration::from_secs(5),
+        max_login_failures: 3,
+        log_format: LogFormat::Text,
+        log_level: "info".into(),
+    }
+}
+
+pub struct Harness {
+    pub mock: MockRegistry,
+    pub proxy: Proxy,
+}
+
+impl Harness {
+    pub async fn start(mock_cfg: MockConfig, tweak: impl FnOnce(&mut Config)) -> Harness {
+        init_tracing();
+        let mock = start_mock(mock_cfg).await;
+        let mut cfg = proxy_config(mock.addr);
+        tweak(&mut cfg);
+        let proxy = Proxy::start(&cfg, CancellationToken::new()).await.unwrap();
+        Harness { mock, proxy }
+    }
+
+    pub async fn tls_client(&self) -> Client {
+        Client::tls(self.proxy.tls_addr.unwrap(), None).await
+    }
+
+    pub async fn plain_client(&self) -> Client {
+        Client::plain(self.proxy.plain_addr.unwrap()).await
+    }
+
+    /// A TLS client that has read the greeting and logged in.
+    pub async fn logged_in(&self) -> Client {
+        let mut c = self.tls_client().await;
+        c.greeting().await;
+        let r = c.command(&login_xml(CLID, PASSWORD, "LOGIN-1")).await;
+        assert_eq!(r.code, 1000, "login: {r:?}");
+        c
+    }
+
+    pub async fn stop(self) {
+        self.proxy.shutdown().await;
+        self.mock.shutdown().await;
+    }
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("EPPMUX_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A minimal EPP client: frames in, frames out, no interpretation beyond `epp::sniff`.
+pub struct Client {
+    pub framed: Framed<Box<dyn Io>, EppCodec>,
+}
+
+pub fn client_tls_config(identity: Option<(&str, &str)>) -> Arc<rustls::ClientConfig> {
+    let id = identity.map(|(c, k)| (cert(c), cert(k)));
+    eppmux::tls::client_config(
+        Some(&cert("ca.pem")),
+        id.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+    )
+    .unwrap()
+}
+
+impl Client {
+    pub async fn tls(addr: SocketAddr, identity: Option<(&str, &str)>) -> Client {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let connector = TlsConnector::from(client_tls_config(identity));
+        let tls = connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        Client {
+            framed: Framed::new(Box::new(tls), EppCodec::default()),
+        }
+    }
+
+    pub async fn plain(addr: SocketAddr) -> Client {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        Client {
+            framed: Framed::new(Box::new(tcp), EppCodec::default()),
+        }
+    }
+
+    pub async fn send(&mut self, frame: impl Into<Bytes>) {
+        self.framed.send(frame.into()).await.unwrap();
+    }
+
+    /// The next frame, or None when the peer closed cleanly between frames.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        match self.framed.next().await {
+            None => None,
+            Some(Ok(f)) => Some(f),
+            Some(Err(e)) => panic!("reading a frame: {e}"),
+        }
+    }
+
+    pub async fn recv_response(&mut self) -> Response {
+        let frame = self
+            .recv()
+            .await
+            .expect("a response, got a closed connection");
+        match epp::sniff(&frame) {
+            Ok(Message::Response(r)) => r,
+            other => panic!(
+                "expected a response, got {other:?}: {}",
+                String::from_utf8_lossy(&frame)
+            ),
+        }
+    }
+
+    pub async fn greeting(&mut self) -> Bytes {
+        let frame = self.recv().await.expect("a greeting");
+        assert!(
+            matches!(epp::sniff(&frame), Ok(Message::Greeting(_))),
+            "not a greeting: {}",
+            String::from_utf8_lossy(&frame)
+        );
+        frame
+    }
+
+    pub async fn command(&mut self, xml: &str) -> Response {
+        self.send(Bytes::from(xml.to_string())).await;
+        self.recv_response().await
+    }
+
+    /// Asserts that the peer closes the connection with no further frame.
+    pub async fn expect_closed(&mut self) {
+        if let Some(f) = self.recv().await {
+            panic!(
+                "expected the connection to close, got a frame: {}",
+                String::from_utf8_lossy(&f)
+            );
+        }
+    }
+}
+
+pub fn login_xml(clid: &str, pw: &str, cltrid: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><epp xmlns="urn:ietf:params:xml:ns:epp-1.0"><command><login><clID>{clid}</clID><pw>{pw}</pw><options><version>1.0</version><lang>en</lang></options><svcs><objURI>urn:ietf:params:xml:ns:domain-1.0</objURI></svcs></login><clTRID>{cltrid}</clTRID></command></epp>"#
+    )
+}
+
+pub fn domain_cmd(verb: &str, name: &str, cltrid: &str) -> String {
+    let extra = if verb == "create" {
+        "<domain:period unit=\"y\">1</domain:period>"
+    } else {
+        ""
+    };
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><epp xmlns="urn:ietf:params:xml:ns:epp-1.0"><command><{verb}><domain:{verb} xmlns:domain="urn:ietf:params:xml:ns:domain-1.0"><domain:name>{name}</domain:name>{extra}</domain:{verb}></{verb}><clTRID>{cltrid}</clTRID></command></epp>"#
+    )
+}
+
+pub fn logout_xml(cltrid: &str) -> String {
+    format!(
+        r#"<epp xmlns="urn:ietf:params:xml:ns:epp-1.0"><command><logout/><clTRID>{cltrid}</clTRID></command></epp>"#
+    )
+}
