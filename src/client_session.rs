@@ -292,7 +292,7 @@ async fn forward(
     let cltrid = cmd.cltrid.as_deref();
     match account
         .pool
-        .forward(frame.clone(), cltrid, ctx.queue_wait)
+        .forward(frame.clone(), cltrid, cmd.is_query(), ctx.queue_wait)
         .await
     {
         Ok(reply) => {
@@ -305,24 +305,6 @@ async fn forward(
             );
             (Some(reply.frame), Next::Continue)
         }
-        Err(PoolError::Exhausted(waited)) => {
-            warn!(command = %cmd.display_name(), cltrid = cltrid.unwrap_or(""), ?waited, "pool exhausted; command not sent");
-            let msg = format!(
-                "Command failed: no registry session became free within {} ms (eppmux pool exhausted); nothing was sent",
-                waited.as_millis()
-            );
-            (
-                Some(epp::response(2400, &msg, cltrid, &ctx.next_svtrid())),
-                Next::Continue,
-            )
-        }
-        Err(PoolError::ShuttingDown) => {
-            let msg = "Command failed: eppmux is shutting down; nothing was sent";
-            (
-                Some(epp::response(2400, msg, cltrid, &ctx.next_svtrid())),
-                Next::Close,
-            )
-        }
         Err(PoolError::Lost(e)) => {
             // The registry may have executed it: only the client can decide whether to retry, and a
             // dropped connection is the signal it already handles for a registry that vanishes.
@@ -333,6 +315,35 @@ async fn forward(
                 "response lost; closing the client connection without replaying the command"
             );
             (None, Next::Close)
+        }
+        Err(e) => {
+            let (msg, next) = match &e {
+                PoolError::Exhausted(waited) => (
+                    format!(
+                        "Command failed: no registry session became free within {} ms (eppmux pool exhausted); nothing was executed",
+                        waited.as_millis()
+                    ),
+                    Next::Continue,
+                ),
+                PoolError::QueueFull(n) => (
+                    format!("Command failed: {n} commands already wait for a registry session (eppmux pool exhausted); nothing was sent"),
+                    Next::Continue,
+                ),
+                PoolError::Unavailable(reason) => (
+                    format!("Command failed: eppmux has no registry session for this account ({reason}); nothing was sent"),
+                    Next::Continue,
+                ),
+                PoolError::ShuttingDown => (
+                    "Command failed: eppmux is shutting down; nothing was sent".to_string(),
+                    Next::Close,
+                ),
+                PoolError::Lost(_) => unreachable!("handled above"),
+            };
+            warn!(command = %cmd.display_name(), cltrid = cltrid.unwrap_or(""), reason = %e, "answering 2400; command not executed");
+            (
+                Some(epp::response(2400, &msg, cltrid, &ctx.next_svtrid())),
+                next,
+            )
         }
     }
 }

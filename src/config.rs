@@ -111,6 +111,24 @@ pub struct RunArgs {
     /// How long to wait for a registry response to a forwarded command [default: 60s].
     #[arg(long, env = "EPPMUX_RESPONSE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub response_timeout: Option<Duration>,
+    /// Send <hello> on an upstream session idle this long, before the registry drops it; 0s turns it off [default: 60s].
+    #[arg(long, env = "EPPMUX_KEEPALIVE", value_name = "DURATION", value_parser = parse_duration)]
+    pub keepalive: Option<Duration>,
+    /// Retire (finish, <logout>, replace) upstream sessions older than this [default: never].
+    #[arg(long, env = "EPPMUX_MAX_SESSION_AGE", value_name = "DURATION", value_parser = parse_duration)]
+    pub max_session_age: Option<Duration>,
+    /// Retire upstream sessions after this many commands [default: never].
+    #[arg(long, env = "EPPMUX_MAX_SESSION_COMMANDS", value_name = "N")]
+    pub max_session_commands: Option<u64>,
+    /// Most commands waiting for a free session per account; more get 2400 at once [default: 1000].
+    #[arg(long, env = "EPPMUX_QUEUE_MAX", value_name = "N")]
+    pub queue_max: Option<usize>,
+    /// After 2502 (session limit), hold the account below its pool_max this long [default: 5m].
+    #[arg(long, env = "EPPMUX_SESSION_LIMIT_HOLD", value_name = "DURATION", value_parser = parse_duration)]
+    pub session_limit_hold: Option<Duration>,
+    /// On SIGTERM/SIGINT, let in-flight commands finish for at most this long [default: 10s].
+    #[arg(long, env = "EPPMUX_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
     /// Log format.
     #[arg(long, env = "EPPMUX_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -210,6 +228,12 @@ struct FileConfig {
     max_login_failures: Option<u32>,
     upstream_timeout: Option<String>,
     response_timeout: Option<String>,
+    keepalive: Option<String>,
+    max_session_age: Option<String>,
+    max_session_commands: Option<u64>,
+    queue_max: Option<usize>,
+    session_limit_hold: Option<String>,
+    shutdown_timeout: Option<String>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
     #[serde(default, rename = "account")]
@@ -226,6 +250,9 @@ struct FileAccount {
     pool_max: Option<usize>,
     obj_uris: Option<Vec<String>>,
     ext_uris: Option<Vec<String>>,
+    keepalive: Option<String>,
+    max_session_age: Option<String>,
+    max_session_commands: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -277,7 +304,31 @@ pub struct AccountConfig {
     /// Login services; `None` means "what the greeting advertises".
     pub obj_uris: Option<Vec<String>>,
     pub ext_uris: Option<Vec<String>>,
+    pub lifecycle: SessionLifecycle,
 }
+
+/// How long an upstream session lives and how it is kept alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLifecycle {
+    /// Idle time after which a `<hello>` is sent; `None`: never.
+    pub keepalive: Option<Duration>,
+    pub max_age: Option<Duration>,
+    pub max_commands: Option<u64>,
+}
+
+impl Default for SessionLifecycle {
+    fn default() -> Self {
+        Self {
+            keepalive: Some(DEFAULT_KEEPALIVE),
+            max_age: None,
+            max_commands: None,
+        }
+    }
+}
+
+/// Half the smallest idle timeout registries publish (.no: 120 s), so one lost hello still leaves
+/// time for the next.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// Validated configuration of the proxy.
 #[derive(Debug, Clone)]
@@ -291,6 +342,10 @@ pub struct Config {
     pub greeting_wait: Duration,
     pub queue_wait: Duration,
     pub max_login_failures: u32,
+    /// Most commands waiting for a session, per account.
+    pub queue_max: usize,
+    pub session_limit_hold: Duration,
+    pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -409,8 +464,37 @@ impl Config {
             )?,
         };
 
+        let keepalive = dur(
+            "keepalive",
+            args.keepalive,
+            file.keepalive,
+            DEFAULT_KEEPALIVE,
+        )?;
+        let lifecycle = SessionLifecycle {
+            keepalive: (!keepalive.is_zero()).then_some(keepalive),
+            max_age: match (args.max_session_age, file.max_session_age) {
+                (Some(d), _) => Some(d),
+                (None, Some(s)) => {
+                    Some(parse_duration(&s).map_err(|m| invalid("max_session_age", m))?)
+                }
+                (None, None) => None,
+            },
+            max_commands: args.max_session_commands.or(file.max_session_commands),
+        };
         let mut accounts = Vec::new();
         for acc in file.accounts {
+            let mut own = lifecycle;
+            if let Some(k) = &acc.keepalive {
+                let k = parse_duration(k).map_err(|m| invalid("account.keepalive", m))?;
+                own.keepalive = (!k.is_zero()).then_some(k);
+            }
+            if let Some(a) = &acc.max_session_age {
+                own.max_age =
+                    Some(parse_duration(a).map_err(|m| invalid("account.max_session_age", m))?);
+            }
+            if acc.max_session_commands.is_some() {
+                own.max_commands = acc.max_session_commands;
+            }
             let password = match (acc.password, rel(acc.password_file)) {
                 (Some(_), Some(_)) => {
                     return Err(invalid(
@@ -440,6 +524,7 @@ impl Config {
                 pool_max: acc.pool_max.unwrap_or(DEFAULT_POOL_MAX),
                 obj_uris: acc.obj_uris,
                 ext_uris: acc.ext_uris,
+                lifecycle: own,
             });
         }
         if let Some(clid) = &args.clid {
@@ -460,6 +545,7 @@ impl Config {
                 pool_max: args.pool_max.unwrap_or(DEFAULT_POOL_MAX),
                 obj_uris: None,
                 ext_uris: None,
+                lifecycle,
             });
         } else if args.pool_min.is_some() || args.pool_max.is_some() {
             return Err(invalid(
@@ -496,6 +582,14 @@ impl Config {
                         "account {}: pool_min ({}) exceeds pool_max ({})",
                         acc.clid, acc.pool_min, acc.pool_max
                     ),
+                ));
+            }
+            if acc.lifecycle.max_commands == Some(0)
+                || acc.lifecycle.max_age == Some(Duration::ZERO)
+            {
+                return Err(invalid(
+                    "max_session_commands",
+                    format!("account {}: session limits must be above zero", acc.clid),
                 ));
             }
             if accounts[..i].iter().any(|a| a.clid == acc.clid) {
@@ -543,6 +637,22 @@ impl Config {
                 Duration::from_secs(2),
             )?,
             max_login_failures,
+            queue_max: match args.queue_max.or(file.queue_max).unwrap_or(1000) {
+                0 => return Err(invalid("queue_max", "must be at least 1")),
+                n => n,
+            },
+            session_limit_hold: dur(
+                "session_limit_hold",
+                args.session_limit_hold,
+                file.session_limit_hold,
+                Duration::from_secs(300),
+            )?,
+            shutdown_timeout: dur(
+                "shutdown_timeout",
+                args.shutdown_timeout,
+                file.shutdown_timeout,
+                Duration::from_secs(10),
+            )?,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             log_level: args
                 .log_level

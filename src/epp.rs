@@ -46,12 +46,23 @@ pub struct Command {
     /// Short name of the object the command acts on, from its namespace (`domain`, `host`, …).
     pub object: Option<String>,
     pub cltrid: Option<String>,
-    /// The `op` attribute of `<poll>`.
-    pub poll_op: Option<String>,
+    /// The `op` attribute of the verb element (`<poll op="req">`, `<transfer op="query">`).
+    pub op: Option<String>,
     pub login: Option<Login>,
 }
 
 impl Command {
+    /// True for commands that change nothing at the registry (RFC 5730 §2.9.2 query commands):
+    /// only these may be sent again after their response was lost. Anything unknown is a transform.
+    pub fn is_query(&self) -> bool {
+        match self.verb.as_str() {
+            "check" | "info" | "hello" => true,
+            "poll" => self.op.as_deref() == Some("req"),
+            "transfer" => self.op.as_deref() == Some("query"),
+            _ => false,
+        }
+    }
+
     /// `domain:check`-style name for logs and metrics.
     pub fn display_name(&self) -> String {
         match &self.object {
@@ -181,9 +192,7 @@ pub fn sniff(frame: &[u8]) -> Result<Message, SniffError> {
                                 return Err(SniffError::Several);
                             }
                             cmd.verb = verb.to_string();
-                            if verb == "poll" {
-                                cmd.poll_op = attribute(e, b"op")?;
-                            }
+                            cmd.op = attribute(e, b"op")?;
                         }
                     },
                     (3, Some((true, verb))) if grand == Some((true, "command")) => {
@@ -366,6 +375,45 @@ fn short_object_name(ns: &[u8]) -> String {
     }
 }
 
+/// True when a 2002 answer means the registry has forgotten the session (it then processes
+/// nothing), as opposed to an ordinary "command use error". Registries word it differently
+/// (.gov: "Registrar is not logged in."), so the message is normalised and matched on phrases.
+pub fn is_not_logged_in(code: u16, msg: &str) -> bool {
+    if code != 2002 {
+        return false;
+    }
+    let normalised: String = msg
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                ' '
+            }
+        })
+        .collect();
+    let words = normalised.split_whitespace().collect::<Vec<_>>().join(" ");
+    [
+        "not logged",
+        "login required",
+        "log in first",
+        "must log in",
+        "must login",
+        "no active session",
+        "session expired",
+        "session has expired",
+        "session timed out",
+        "not authenticated",
+    ]
+    .iter()
+    .any(|phrase| words.contains(phrase))
+}
+
+/// True for result codes with which the registry closes the session (2500, 2501, 2502).
+pub fn is_closing(code: u16) -> bool {
+    matches!(code, 2500..=2502)
+}
+
 /// True for result codes that mean the registry executed the command (1xxx).
 pub fn is_success(code: u16) -> bool {
     (1000..2000).contains(&code)
@@ -494,10 +542,13 @@ mod tests {
         let c = command("domain-info-no-cltrid.xml");
         assert_eq!((c.verb.as_str(), c.cltrid), ("info", None));
         let c = command("poll-ack.xml");
-        assert_eq!(
-            (c.verb.as_str(), c.poll_op.as_deref()),
-            ("poll", Some("ack"))
-        );
+        assert_eq!((c.verb.as_str(), c.op.as_deref()), ("poll", Some("ack")));
+        assert!(!c.is_query(), "poll ack removes a message");
+        assert!(command("poll-req.xml").is_query());
+        assert!(command("domain-check.xml").is_query());
+        assert!(command("domain-info-no-cltrid.xml").is_query());
+        assert!(!command("domain-create-secdns.xml").is_query());
+        assert!(!command("domain-delete.xml").is_query());
         assert_eq!(command("logout.xml").verb, "logout");
         assert_eq!(sniff(&sample("hello.xml")), Ok(Message::Hello));
     }
@@ -521,6 +572,23 @@ mod tests {
             g.ext_uris,
             vec!["urn:ietf:params:xml:ns:secDNS-1.1".to_string()]
         );
+    }
+
+    #[test]
+    fn not_logged_in_is_recognised_in_its_wordings() {
+        for msg in [
+            "Registrar is not logged in.",
+            "Command use error: NOT LOGGED IN",
+            "not-logged-in",
+            "Session expired, please login",
+            "Login required",
+        ] {
+            assert!(is_not_logged_in(2002, msg), "{msg}");
+        }
+        assert!(!is_not_logged_in(2002, "Command use error"));
+        assert!(!is_not_logged_in(2002, "Transfer already pending"));
+        assert!(!is_not_logged_in(2200, "Registrar is not logged in."));
+        assert!(is_closing(2500) && is_closing(2502) && !is_closing(2400));
     }
 
     #[test]

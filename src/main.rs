@@ -66,8 +66,12 @@ async fn serve(cfg: Config) -> Result<()> {
     );
     wait_for_signal().await;
     info!("shutting down: stopping listeners, logging out of upstream sessions");
+    let deadline = cfg.shutdown_timeout;
     tokio::select! {
-        _ = proxy.shutdown() => info!("shutdown complete"),
+        done = tokio::time::timeout(deadline, proxy.shutdown()) => match done {
+            Ok(()) => info!("shutdown complete"),
+            Err(_) => warn!(?deadline, "shutdown deadline passed; exiting with work unfinished"),
+        },
         _ = wait_for_signal() => warn!("second signal: exiting at once"),
     }
     Ok(())
@@ -189,11 +193,15 @@ async fn demo(args: DemoArgs) -> Result<()> {
             pool_max: 4,
             obj_uris: None,
             ext_uris: None,
+            lifecycle: Default::default(),
         }],
         max_frame: eppmux::frame::DEFAULT_MAX_FRAME,
         greeting_wait: Duration::from_secs(3),
         queue_wait: Duration::from_secs(2),
         max_login_failures: 3,
+        queue_max: 1000,
+        session_limit_hold: Duration::from_secs(300),
+        shutdown_timeout: Duration::from_secs(10),
         log_format: args.log_format,
         log_level: "info".into(),
     };

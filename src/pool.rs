@@ -1,13 +1,18 @@
 //! The upstream sessions of one registrar account: `pool_min` opened at start, more opened on
 //! demand up to `pool_max`, each one a task that owns its TLS stream and takes one job at a time.
 //!
-//! Idle sessions wait in a queue; commands that find none wait, first come first served, for the
-//! next session that frees up, for at most the configured queue wait. The bookkeeping lives under
-//! one std `Mutex` that is never held across an `.await`.
+//! Idle sessions wait in a queue; commands that find none wait, first come first served across
+//! all clients, for the next session that frees up — for at most the queue wait, and at most
+//! `queue_max` of them. The bookkeeping lives under one std `Mutex` never held across an `.await`.
 //!
-//! Safety rule carried by [`ForwardError`]: a command is handed to another session only when it
-//! certainly never reached the registry ([`ForwardError::NotSent`]); a command whose response was
-//! lost is reported to the caller and never re-sent.
+//! Sessions are kept alive with `<hello>`, retired gracefully at a maximum age or command count,
+//! replaced with jittered exponential backoff when lost, not retried after repeated 2200 login
+//! refusals, and held below `pool_max` for a while after a 2502 (session limit).
+//!
+//! The safety rule: a command is sent again on another session only when the registry certainly
+//! did not execute it — it never left eppmux, or the registry answered that the session was not
+//! logged in. A query may also be sent again when its response was lost. A transform whose
+//! response was lost is never replayed; the caller gets [`PoolError::Lost`].
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,15 +24,17 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::config::AccountConfig;
+use crate::epp;
 use crate::upstream::{ExchangeError, Reply, Session, UpstreamTarget};
 
-/// How often a command is moved to another session because the one it was handed to died before
-/// taking it. More than this in one wait means the registry is failing faster than we can use it.
-const MAX_HANDOFFS: usize = 3;
-/// Cap of the pause between failed attempts to open a session.
+/// Attempts for one command: hand-offs of commands that never left, re-sends after "not logged
+/// in", and re-sends of lost queries all count.
+const MAX_ATTEMPTS: usize = 3;
+/// Consecutive 2200 login answers after which the account stops trying.
+const MAX_LOGIN_REFUSALS: u32 = 3;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const LOGOUT_WAIT: Duration = Duration::from_secs(2);
 
@@ -35,24 +42,37 @@ const LOGOUT_WAIT: Duration = Duration::from_secs(2);
 pub enum PoolError {
     #[error("no registry session became free within {0:?}")]
     Exhausted(Duration),
+    #[error("{0} commands are already waiting for a registry session")]
+    QueueFull(usize),
+    #[error("account unavailable: {0}")]
+    Unavailable(String),
     #[error(transparent)]
     Lost(#[from] ExchangeError),
     #[error("shutting down")]
     ShuttingDown,
 }
 
-/// What a session answers to a job.
+/// Pool-wide settings that do not belong to one account's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub queue_max: usize,
+    pub session_limit_hold: Duration,
+}
+
+/// Why a session gives a job back without a response.
 #[derive(Debug)]
-enum ForwardError {
-    /// The session ended before writing the command: it is safe to send it elsewhere.
+enum JobError {
+    /// The session ended before writing the command.
     NotSent,
+    /// The registry answered that the session is not logged in: it processed nothing.
+    NotExecuted(String),
     Exchange(ExchangeError),
 }
 
 struct Job {
     frame: Bytes,
     cltrid: Option<String>,
-    reply: oneshot::Sender<Result<Reply, ForwardError>>,
+    reply: oneshot::Sender<Result<Reply, JobError>>,
 }
 
 #[derive(Clone)]
@@ -70,27 +90,75 @@ struct State {
     live: usize,
     /// Consecutive failures to open a session; drives the backoff.
     failures: u32,
+    /// Consecutive 2200 answers to our login.
+    login_refusals: u32,
+    /// Set when the account must not try again (repeated 2200).
+    unhealthy: Option<String>,
+    /// After a 2502: at most this many sessions until the instant.
+    capped: Option<(usize, Instant)>,
+}
+
+/// Event counts since start, for logs, tests, the chaos test's report and metrics.
+#[derive(Debug, Default)]
+struct Counters {
+    forwarded: AtomicU64,
+    handoffs: AtomicU64,
+    resent_not_executed: AtomicU64,
+    resent_queries: AtomicU64,
+    refused_replays: AtomicU64,
+    exhausted: AtomicU64,
+    sessions_opened: AtomicU64,
+    open_failures: AtomicU64,
+    sessions_lost: AtomicU64,
+    sessions_retired: AtomicU64,
+    keepalives: AtomicU64,
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolCounters {
+    pub forwarded: u64,
+    /// Commands handed to another session because theirs ended before sending them.
+    pub handoffs: u64,
+    /// Commands sent again after the registry answered "not logged in".
+    pub resent_not_executed: u64,
+    /// Queries sent again after their response was lost.
+    pub resent_queries: u64,
+    /// Transforms whose response was lost and that were not replayed.
+    pub refused_replays: u64,
+    /// 2400 answers: no session within the wait, or the queue full.
+    pub exhausted: u64,
+    pub sessions_opened: u64,
+    pub open_failures: u64,
+    pub sessions_lost: u64,
+    pub sessions_retired: u64,
+    pub keepalives: u64,
 }
 
 struct Inner {
     account: AccountConfig,
+    settings: PoolSettings,
     target: Arc<UpstreamTarget>,
     greeting: watch::Sender<Option<Bytes>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     state: Mutex<State>,
     next_id: AtomicU64,
-    /// Bumped whenever a session opens, fails to open or ends, for [`Pool::wait_for`].
+    counters: Counters,
+    /// Bumped whenever sessions or waiters change, for [`Pool::wait_for`].
     changed: watch::Sender<()>,
 }
 
-/// A snapshot of a pool's sessions, for logs, tests and (later) metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A snapshot of a pool's sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolStats {
     pub live: usize,
     pub idle: usize,
     pub connecting: usize,
     pub waiting: usize,
+    /// `pool_max`, or less while held down after a 2502.
+    pub effective_max: usize,
+    pub unhealthy: Option<String>,
 }
 
 #[derive(Clone)]
@@ -103,6 +171,7 @@ impl Pool {
     /// `tasks` and end when `shutdown` is cancelled (after a `<logout>`).
     pub fn start(
         account: AccountConfig,
+        settings: PoolSettings,
         target: Arc<UpstreamTarget>,
         greeting: watch::Sender<Option<Bytes>>,
         shutdown: CancellationToken,
@@ -110,12 +179,14 @@ impl Pool {
     ) -> Pool {
         let inner = Arc::new(Inner {
             account,
+            settings,
             target,
             greeting,
             shutdown,
             tasks,
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
+            counters: Counters::default(),
             changed: watch::Sender::new(()),
         });
         inner.maintain();
@@ -127,12 +198,33 @@ impl Pool {
     }
 
     pub fn stats(&self) -> PoolStats {
-        let st = self.inner.state();
+        let mut st = self.inner.state();
+        let effective_max = self.inner.effective_max(&mut st);
         PoolStats {
             live: st.live,
             idle: st.idle.len(),
             connecting: st.connecting,
             waiting: st.waiters.iter().filter(|w| !w.is_closed()).count(),
+            effective_max,
+            unhealthy: st.unhealthy.clone(),
+        }
+    }
+
+    pub fn counters(&self) -> PoolCounters {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        PoolCounters {
+            forwarded: get(&c.forwarded),
+            handoffs: get(&c.handoffs),
+            resent_not_executed: get(&c.resent_not_executed),
+            resent_queries: get(&c.resent_queries),
+            refused_replays: get(&c.refused_replays),
+            exhausted: get(&c.exhausted),
+            sessions_opened: get(&c.sessions_opened),
+            open_failures: get(&c.open_failures),
+            sessions_lost: get(&c.sessions_lost),
+            sessions_retired: get(&c.sessions_retired),
+            keepalives: get(&c.keepalives),
         }
     }
 
@@ -149,52 +241,92 @@ impl Pool {
         }
     }
 
-    /// Sends `frame` on a free session and returns the registry's response. Waits at most
-    /// `wait` for a free session. `cltrid` is the command's clTRID, checked against the response.
+    /// Sends `frame` on a free session and returns the registry's response, following the
+    /// module's safety rule. `cltrid` is the command's clTRID, checked against the response;
+    /// `is_query` says whether it may be sent again after a lost response. Each attempt waits at
+    /// most `wait` for a free session.
     pub async fn forward(
         &self,
         frame: Bytes,
         cltrid: Option<&str>,
+        is_query: bool,
         wait: Duration,
     ) -> Result<Reply, PoolError> {
-        let deadline = Instant::now() + wait;
-        for _ in 0..MAX_HANDOFFS {
-            let mut lease = self.acquire(deadline, wait).await?;
+        let counters = &self.inner.counters;
+        let mut last_loss = None;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let mut lease = self.acquire(Instant::now() + wait, wait).await?;
             let (tx, rx) = oneshot::channel();
             let job = Job {
                 frame: frame.clone(),
                 cltrid: cltrid.map(str::to_owned),
                 reply: tx,
             };
-            if !lease.send(job).await {
-                continue;
-            }
-            match rx.await {
-                Ok(Ok(reply)) => return Ok(reply),
-                Ok(Err(ForwardError::NotSent)) => continue,
-                Ok(Err(ForwardError::Exchange(e))) => return Err(PoolError::Lost(e)),
+            let outcome = if lease.send(job).await {
                 // Only a panicking session task drops a job it took: assume the worst.
-                Err(_) => {
-                    return Err(PoolError::Lost(ExchangeError::Lost(
+                rx.await.unwrap_or_else(|_| {
+                    Err(JobError::Exchange(ExchangeError::Lost(
                         "upstream session task ended".into(),
                     )))
+                })
+            } else {
+                Err(JobError::NotSent)
+            };
+            match outcome {
+                Ok(reply) => {
+                    counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                    return Ok(reply);
+                }
+                Err(JobError::NotSent) => {
+                    counters.handoffs.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(JobError::NotExecuted(why)) => {
+                    counters.resent_not_executed.fetch_add(1, Ordering::Relaxed);
+                    info!(cltrid = cltrid.unwrap_or(""), attempt, reason = %why, "command not executed; sending it on another session");
+                }
+                Err(JobError::Exchange(e)) if is_query => {
+                    counters.resent_queries.fetch_add(1, Ordering::Relaxed);
+                    warn!(cltrid = cltrid.unwrap_or(""), attempt, reason = %e, "query response lost; sending the query again");
+                    last_loss = Some(e);
+                }
+                Err(JobError::Exchange(e)) => {
+                    counters.refused_replays.fetch_add(1, Ordering::Relaxed);
+                    return Err(PoolError::Lost(e));
                 }
             }
         }
-        Err(PoolError::Exhausted(wait))
+        counters.exhausted.fetch_add(1, Ordering::Relaxed);
+        Err(match last_loss {
+            Some(e) => PoolError::Lost(e),
+            None => PoolError::Exhausted(wait),
+        })
     }
 
     async fn acquire(&self, deadline: Instant, wait: Duration) -> Result<Lease, PoolError> {
         let mut rx = {
             let mut st = self.inner.state();
+            if st.live == 0 {
+                if let Some(reason) = &st.unhealthy {
+                    return Err(PoolError::Unavailable(reason.clone()));
+                }
+            }
             while let Some(handle) = st.idle.pop_front() {
                 if !handle.jobs.is_closed() {
                     return Ok(self.lease(handle));
                 }
             }
+            st.waiters.retain(|w| !w.is_closed());
+            if st.waiters.len() >= self.inner.settings.queue_max {
+                self.inner
+                    .counters
+                    .exhausted
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(PoolError::QueueFull(st.waiters.len()));
+            }
             let (tx, rx) = oneshot::channel();
             st.waiters.push_back(tx);
             drop(st);
+            self.inner.changed.send_replace(());
             self.inner.maintain();
             rx
         };
@@ -203,7 +335,10 @@ impl Pool {
             _ = sleep_until(deadline) => {
                 // A session may have been handed over just as the wait ran out: use it.
                 rx.close();
-                rx.try_recv().map(|h| self.lease(h)).map_err(|_| PoolError::Exhausted(wait))
+                rx.try_recv().map(|h| self.lease(h)).map_err(|_| {
+                    self.inner.counters.exhausted.fetch_add(1, Ordering::Relaxed);
+                    PoolError::Exhausted(wait)
+                })
             }
             _ = self.inner.shutdown.cancelled() => Err(PoolError::ShuttingDown),
         }
@@ -250,6 +385,17 @@ impl Inner {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn effective_max(&self, st: &mut State) -> usize {
+        match st.capped {
+            Some((cap, until)) if Instant::now() < until => cap.min(self.account.pool_max),
+            Some(_) => {
+                st.capped = None;
+                self.account.pool_max
+            }
+            None => self.account.pool_max,
+        }
+    }
+
     /// Hands a free session to the longest waiting caller, or puts it back in the idle queue.
     fn release(&self, mut handle: SessionHandle) {
         let mut st = self.state();
@@ -262,18 +408,22 @@ impl Inner {
         st.idle.push_back(handle);
     }
 
-    /// Opens sessions until `pool_min` exist, and more (up to `pool_max`) while callers wait and
-    /// no session being opened would serve them.
+    /// Opens sessions until `pool_min` exist, and more (up to the effective max) while callers
+    /// wait and no session being opened would serve them.
     fn maintain(self: &Arc<Self>) {
         if self.shutdown.is_cancelled() {
             return;
         }
         let (count, delay) = {
             let mut st = self.state();
+            if st.unhealthy.is_some() {
+                return;
+            }
+            let max = self.effective_max(&mut st);
             st.waiters.retain(|w| !w.is_closed());
             let total = st.connecting + st.live;
-            let for_min = self.account.pool_min.saturating_sub(total);
-            let room = self.account.pool_max.saturating_sub(total);
+            let for_min = self.account.pool_min.min(max).saturating_sub(total);
+            let room = max.saturating_sub(total);
             let for_demand = st.waiters.len().saturating_sub(st.connecting).min(room);
             let count = for_min.max(for_demand);
             st.connecting += count;
@@ -287,53 +437,112 @@ impl Inner {
         }
     }
 
-    fn on_open_failed(self: &Arc<Self>) {
+    fn on_open_failed(self: &Arc<Self>, code: Option<u16>) {
+        self.counters.open_failures.fetch_add(1, Ordering::Relaxed);
+        let mut hold_until = None;
         {
             let mut st = self.state();
             st.connecting -= 1;
             st.failures = st.failures.saturating_add(1);
+            match code {
+                Some(2200) => {
+                    st.login_refusals += 1;
+                    if st.login_refusals >= MAX_LOGIN_REFUSALS {
+                        let reason = format!(
+                            "the registry refused login with 2200 {} times in a row; not retrying until restart (check the password)",
+                            st.login_refusals
+                        );
+                        error!(account = %self.account.clid, "{reason}");
+                        st.unhealthy = Some(reason);
+                    }
+                }
+                Some(2502) => {
+                    let cap = st.live.max(1);
+                    let hold = self.settings.session_limit_hold;
+                    warn!(account = %self.account.clid, cap, ?hold, "registry session limit reached (2502): holding the account at {cap} session(s)");
+                    st.capped = Some((cap, Instant::now() + hold));
+                    hold_until = Some(hold);
+                }
+                _ => {}
+            }
+        }
+        if let Some(hold) = hold_until {
+            // Nothing else may happen when the hold ends: look at the pool again then.
+            let pool = self.clone();
+            self.tasks.spawn(async move {
+                tokio::select! {
+                    _ = sleep(hold) => pool.maintain(),
+                    _ = pool.shutdown.cancelled() => {}
+                }
+            });
         }
         self.changed.send_replace(());
         self.maintain();
     }
 
     fn on_ready(self: &Arc<Self>, handle: SessionHandle) {
-        {
+        self.counters
+            .sessions_opened
+            .fetch_add(1, Ordering::Relaxed);
+        let first = {
             let mut st = self.state();
             st.connecting -= 1;
             st.live += 1;
             st.failures = 0;
+            st.login_refusals = 0;
+            st.live == 1
+        };
+        if first {
+            info!(account = %self.account.clid, "account ready: an upstream session is logged in");
         }
         self.release(handle);
         self.changed.send_replace(());
     }
 
     fn on_gone(self: &Arc<Self>) {
-        {
+        let none_left = {
             let mut st = self.state();
             st.live -= 1;
             st.idle.retain(|h| !h.jobs.is_closed());
+            st.live == 0
+        };
+        if none_left && !self.shutdown.is_cancelled() {
+            warn!(account = %self.account.clid, "account has no logged-in upstream session");
         }
         self.changed.send_replace(());
         self.maintain();
     }
 }
 
-/// No pause for the first attempt; then 100 ms, doubling, capped.
+/// No pause for the first attempt; then 100 ms doubling up to a cap, each drawn between half and
+/// all of that so that sessions lost together do not reconnect in lockstep.
 fn backoff(failures: u32) -> Duration {
     if failures == 0 {
         return Duration::ZERO;
     }
-    let exp = (failures - 1).min(16);
+    backoff_ceiling(failures).mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+fn backoff_ceiling(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
     (Duration::from_millis(100) * 2u32.pow(exp)).min(MAX_BACKOFF)
 }
 
-/// The life of one upstream session: open (after `delay`), serve jobs one at a time, end.
+/// How a session's life ended.
+enum End {
+    Shutdown,
+    Retire(&'static str),
+    Dead(String),
+}
+
+/// The life of one upstream session: open (after `delay`), serve jobs one at a time, keep alive,
+/// end.
 async fn run_session(pool: Arc<Inner>, id: u64, delay: Duration) {
     if !delay.is_zero() {
+        debug!(?delay, "waiting before reconnecting");
         tokio::select! {
             _ = sleep(delay) => {}
-            _ = pool.shutdown.cancelled() => return pool.on_open_failed(),
+            _ = pool.shutdown.cancelled() => return pool.on_open_failed(None),
         }
     }
     let login_cltrid = format!("eppmux-login-{id}");
@@ -342,13 +551,13 @@ async fn run_session(pool: Arc<Inner>, id: u64, delay: Duration) {
     };
     let opened = tokio::select! {
         r = Session::open(&pool.target, &pool.account, &login_cltrid, publish) => r,
-        _ = pool.shutdown.cancelled() => return pool.on_open_failed(),
+        _ = pool.shutdown.cancelled() => return pool.on_open_failed(None),
     };
     let mut session = match opened {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, result_code = e.login_code(), "upstream session could not be opened");
-            return pool.on_open_failed();
+            return pool.on_open_failed(e.login_code());
         }
     };
     info!(peer = ?session.peer, "upstream session logged in");
@@ -357,56 +566,111 @@ async fn run_session(pool: Arc<Inner>, id: u64, delay: Duration) {
     let handle = SessionHandle { jobs: tx };
     pool.on_ready(handle.clone());
     let wait = pool.target.response_timeout;
-    let ended = loop {
+    let lifecycle = pool.account.lifecycle;
+    let born = Instant::now();
+    let far = born + Duration::from_secs(100 * 365 * 86_400);
+    let mut last_used = born;
+    let mut served = 0u64;
+    let end = loop {
+        let keepalive_at = lifecycle.keepalive.map_or(far, |k| last_used + k);
+        let retire_at = lifecycle.max_age.map_or(far, |a| born + a);
         tokio::select! {
             biased;
-            _ = pool.shutdown.cancelled() => break None,
+            _ = pool.shutdown.cancelled() => break End::Shutdown,
             job = rx.recv() => {
                 // We hold a sender ourselves, so the channel cannot close under us.
-                let Some(job) = job else { break None };
-                match session.exchange(job.frame, job.cltrid.as_deref(), wait).await {
+                let Some(job) = job else { break End::Shutdown };
+                served += 1;
+                let result = session.exchange(job.frame, job.cltrid.as_deref(), wait).await;
+                last_used = Instant::now();
+                match result {
+                    Ok(reply) if epp::is_not_logged_in(reply.code, &reply.msg) => {
+                        let why = format!("registry answered {} {:?}: it has forgotten this session", reply.code, reply.msg);
+                        let _ = job.reply.send(Err(JobError::NotExecuted(why.clone())));
+                        break End::Dead(why);
+                    }
+                    Ok(reply) if epp::is_closing(reply.code) => {
+                        // A definite answer for the command (it failed); the session is over.
+                        let why = format!("registry closed the session with {} {:?}", reply.code, reply.msg);
+                        let _ = job.reply.send(Ok(reply));
+                        break End::Dead(why);
+                    }
                     Ok(reply) => {
                         let _ = job.reply.send(Ok(reply));
+                        if lifecycle.max_commands.is_some_and(|max| served >= max) {
+                            break End::Retire("served its maximum number of commands");
+                        }
                         pool.release(handle.clone());
                     }
                     Err(e) => {
                         let why = e.to_string();
-                        let _ = job.reply.send(Err(ForwardError::Exchange(e)));
-                        break Some(why);
+                        let _ = job.reply.send(Err(JobError::Exchange(e)));
+                        break End::Dead(why);
                     }
                 }
             }
-            why = session.unsolicited() => break Some(why),
+            _ = sleep_until(keepalive_at) => match session.keepalive(wait).await {
+                Ok(greeting) => {
+                    last_used = Instant::now();
+                    pool.counters.keepalives.fetch_add(1, Ordering::Relaxed);
+                    pool.greeting.send_replace(Some(greeting));
+                    debug!("keepalive <hello> answered");
+                }
+                Err(e) => break End::Dead(e.to_string()),
+            },
+            _ = sleep_until(retire_at) => break End::Retire("reached its maximum age"),
+            why = session.unsolicited() => break End::Dead(why),
         }
     };
-    // Jobs handed over while we were ending were never written: their callers may send them elsewhere.
+    // Jobs handed over while we were ending were never written: their callers send them elsewhere.
     rx.close();
     while let Ok(job) = rx.try_recv() {
-        let _ = job.reply.send(Err(ForwardError::NotSent));
+        let _ = job.reply.send(Err(JobError::NotSent));
     }
     drop(handle);
-    pool.on_gone();
-    match ended {
-        None => {
-            session
-                .logout(&format!("eppmux-logout-{id}"), LOGOUT_WAIT)
-                .await;
+    let logout_cltrid = format!("eppmux-logout-{id}");
+    match end {
+        End::Shutdown => {
+            pool.on_gone();
+            session.logout(&logout_cltrid, LOGOUT_WAIT).await;
             info!("upstream session logged out");
         }
-        Some(why) => warn!(reason = %why, "upstream session ended; it will be replaced"),
+        End::Retire(why) => {
+            // Logged out before it stops counting, so the replacement never exceeds pool_max.
+            info!(reason = why, served, age = ?born.elapsed(), "retiring upstream session");
+            session.logout(&logout_cltrid, LOGOUT_WAIT).await;
+            pool.counters
+                .sessions_retired
+                .fetch_add(1, Ordering::Relaxed);
+            pool.on_gone();
+        }
+        End::Dead(why) => {
+            warn!(reason = %why, served, "upstream session ended; it will be replaced");
+            pool.counters.sessions_lost.fetch_add(1, Ordering::Relaxed);
+            pool.on_gone();
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::backoff;
+    use super::{backoff, backoff_ceiling};
     use std::time::Duration;
 
     #[test]
-    fn backoff_grows_and_is_capped() {
+    fn backoff_grows_is_jittered_and_capped() {
         assert_eq!(backoff(0), Duration::ZERO);
-        assert_eq!(backoff(1), Duration::from_millis(100));
-        assert_eq!(backoff(3), Duration::from_millis(400));
-        assert_eq!(backoff(40), Duration::from_secs(30));
+        assert_eq!(backoff_ceiling(1), Duration::from_millis(100));
+        assert_eq!(backoff_ceiling(3), Duration::from_millis(400));
+        assert_eq!(backoff_ceiling(40), Duration::from_secs(30));
+        for failures in 1..20 {
+            let b = backoff(failures);
+            let ceiling = backoff_ceiling(failures);
+            assert!(
+                b >= ceiling / 2 && b <= ceiling,
+                "{b:?} outside [{:?}, {ceiling:?}]",
+                ceiling / 2
+            );
+        }
     }
 }

@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::client_session::{Account, ClientContext};
 use crate::config::Config;
-use crate::pool::Pool;
+use crate::pool::{Pool, PoolSettings};
 use crate::tls::TlsError;
 use crate::upstream::UpstreamTarget;
 
@@ -60,6 +60,10 @@ impl Proxy {
 
         let tasks = TaskTracker::new();
         let (greeting_tx, greeting_rx) = watch::channel(None);
+        let settings = PoolSettings {
+            queue_max: cfg.queue_max,
+            session_limit_hold: cfg.session_limit_hold,
+        };
         let accounts: Vec<Account> = cfg
             .accounts
             .iter()
@@ -68,6 +72,7 @@ impl Proxy {
                 password: acc.password.clone(),
                 pool: Pool::start(
                     acc.clone(),
+                    settings,
                     target.clone(),
                     greeting_tx.clone(),
                     shutdown.clone(),

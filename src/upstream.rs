@@ -98,6 +98,7 @@ pub enum ExchangeError {
 pub struct Reply {
     pub frame: Bytes,
     pub code: u16,
+    pub msg: String,
 }
 
 pub struct Session {
@@ -207,6 +208,7 @@ impl Session {
                 Ok(Reply {
                     frame: answer,
                     code: r.code,
+                    msg: r.msg,
                 })
             }
             Ok(other) => Err(ExchangeError::Lost(format!(
@@ -215,6 +217,31 @@ impl Session {
             Err(e) => Err(ExchangeError::Lost(format!(
                 "registry response unreadable: {e}"
             ))),
+        }
+    }
+
+    /// Sends `<hello>` and waits for the greeting, which is returned (its svDate is fresh).
+    pub async fn keepalive(&mut self, wait: Duration) -> Result<Bytes, ExchangeError> {
+        self.framed
+            .send(epp::hello())
+            .await
+            .map_err(|e| ExchangeError::Lost(format!("keepalive write failed: {e}")))?;
+        match timeout(wait, self.framed.next()).await {
+            Err(_) => Err(ExchangeError::Lost(format!(
+                "no greeting within {wait:?} after <hello>"
+            ))),
+            Ok(None) => Err(ExchangeError::Lost("registry closed the connection".into())),
+            Ok(Some(Err(e))) => Err(ExchangeError::Lost(format!("keepalive read failed: {e}"))),
+            Ok(Some(Ok(frame))) => match epp::sniff(&frame) {
+                Ok(Message::Greeting(_)) => Ok(frame),
+                Ok(Message::Response(r)) => Err(ExchangeError::Lost(format!(
+                    "answered <hello> with {} {}",
+                    r.code, r.msg
+                ))),
+                _ => Err(ExchangeError::Lost(
+                    "answered <hello> with something else than a greeting".into(),
+                )),
+            },
         }
     }
 
