@@ -1,13 +1,17 @@
 //! A small EPP registry for the demo, the tests, the benchmarks and docker-compose. It speaks real
 //! TLS and requires a client certificate, like a real registry, and keeps domains in memory.
 //!
-//! It implements: greeting, hello, login (per-clID session cap: 2502 and close), logout,
-//! domain check/info/create/delete, poll (always empty), a per-command processing time and an
-//! idle timeout. For tests it records every exchange, can hold commands on domains named
-//! `hold-*` until the test releases them (which makes "a session is busy" deterministic), and
-//! answers commands on domains named `mismatch-*` with a wrong clTRID (a registry out of step).
+//! It implements greeting, hello, login (with a per-clID session cap answered by 2502 and a
+//! close), logout, domain check/info/create/delete, poll (always empty), a per-command processing
+//! time and an idle timeout (close, or "forget" the session and answer 2002 "not logged in").
+//!
+//! For resilience tests it injects faults — queued ones for deterministic tests
+//! ([`MockRegistry::push_fault`], [`MockRegistry::push_login_refusal`]) or random ones
+//! ([`Chaos`]) — and keeps a ledger of every transform it processed, so a test can prove that
+//! nothing ran twice. Commands on domains named `hold-*` wait until the test releases them (a
+//! deterministic "busy session"), and commands on `mismatch-*` are answered with a wrong clTRID.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,8 +20,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use quick_xml::events::Event;
+use quick_xml::name::{Namespace, ResolveResult};
 use quick_xml::NsReader;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{sleep, timeout};
@@ -27,10 +32,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::epp::{self, Message, EPP_NS};
-use crate::frame::EppCodec;
+use crate::epp::{self, Command, Message, EPP_NS};
+use crate::frame::{encode_frame, EppCodec};
 
 const DOMAIN_NS: &str = "urn:ietf:params:xml:ns:domain-1.0";
+pub const NOT_LOGGED_IN: &str = "Registrar is not logged in.";
 
 #[derive(Debug, Clone)]
 pub struct MockConfig {
@@ -40,8 +46,12 @@ pub struct MockConfig {
     pub latency: Duration,
     /// Logged-in sessions allowed per clID.
     pub session_cap: usize,
-    /// A session idle this long is closed by the registry.
+    /// A session idle this long is closed by the registry (or forgotten, see `idle_forget`).
     pub idle_timeout: Duration,
+    /// At the idle timeout, keep the connection but answer every command with 2002
+    /// "Registrar is not logged in." (as the .gov registry does) instead of closing.
+    pub idle_forget: bool,
+    pub chaos: Option<Chaos>,
     pub max_frame: usize,
 }
 
@@ -52,9 +62,63 @@ impl Default for MockConfig {
             latency: Duration::ZERO,
             session_cap: 100,
             idle_timeout: Duration::from_secs(3600),
+            idle_forget: false,
+            chaos: None,
             max_frame: crate::frame::DEFAULT_MAX_FRAME,
         }
     }
+}
+
+/// Something going wrong with one command, after login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Close the connection without processing the command.
+    DropBeforeExecute,
+    /// Process the command, then close without answering.
+    DropAfterExecute,
+    /// Forget the session: this and every later command get 2002 "Registrar is not logged in."
+    /// and are not processed.
+    NotLoggedIn,
+    /// Answer 2500 without processing, then close.
+    Close2500,
+    /// Answer after an extra delay.
+    Delay(Duration),
+    /// Process the command, send half of the answer, then go silent.
+    StallMidFrame,
+}
+
+impl Fault {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Fault::DropBeforeExecute => "drop-before-execute",
+            Fault::DropAfterExecute => "drop-after-execute",
+            Fault::NotLoggedIn => "2002-not-logged-in",
+            Fault::Close2500 => "2500-close",
+            Fault::Delay(_) => "delay",
+            Fault::StallMidFrame => "stall-mid-frame",
+        }
+    }
+}
+
+/// Random faults: each command (after login) meets a fault with `command_fault_probability`,
+/// drawn evenly from every [`Fault`]; each login is refused (2502 or 2501, with a close) with
+/// `login_refusal_probability`.
+#[derive(Debug, Clone, Copy)]
+pub struct Chaos {
+    pub command_fault_probability: f64,
+    pub login_refusal_probability: f64,
+    pub max_delay: Duration,
+    pub seed: u64,
+}
+
+/// One transform the registry processed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub connection: u64,
+    pub verb: String,
+    pub names: Vec<String>,
+    pub cltrid: Option<String>,
+    pub code: u16,
 }
 
 /// One command as the registry received it and the response it sent.
@@ -76,22 +140,32 @@ struct State {
     domains: HashMap<String, DomainRecord>,
     sessions: HashMap<String, usize>,
     transcript: Vec<Exchange>,
+    ledger: Vec<LedgerEntry>,
+    faults: VecDeque<Fault>,
+    login_refusals: VecDeque<u16>,
+    faults_injected: HashMap<&'static str, usize>,
+    chaos: Option<(Chaos, fastrand::Rng)>,
 }
 
 /// Counters a test or benchmark can read.
 #[derive(Debug, Default)]
 pub struct MockStats {
     pub connections: AtomicUsize,
+    pub login_attempts: AtomicUsize,
     pub logins: AtomicUsize,
     pub active_sessions: AtomicUsize,
     pub peak_sessions: AtomicUsize,
     pub commands: AtomicUsize,
+    pub hellos: AtomicUsize,
+    pub idle_timeouts: AtomicUsize,
 }
 
 struct Shared {
     cfg: MockConfig,
     state: Mutex<State>,
     stats: MockStats,
+    /// Bumped after every counted event, for [`MockRegistry::wait_until`].
+    changed: watch::Sender<()>,
     held: watch::Sender<usize>,
     release: Semaphore,
     svtrid: AtomicU64,
@@ -102,8 +176,56 @@ impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
     fn svtrid(&self) -> String {
         format!("mock-{}", self.svtrid.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn bump(&self, counter: &AtomicUsize) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.changed.send_replace(());
+    }
+
+    /// The fault for the next command: a queued one first, else a random one in chaos mode.
+    fn next_fault(&self) -> Option<Fault> {
+        let mut st = self.state();
+        let fault = match st.faults.pop_front() {
+            Some(f) => Some(f),
+            None => match st.chaos.as_mut() {
+                Some((chaos, rng)) => {
+                    (rng.f64() < chaos.command_fault_probability).then(|| match rng.u8(0..6) {
+                        0 => Fault::DropBeforeExecute,
+                        1 => Fault::DropAfterExecute,
+                        2 => Fault::NotLoggedIn,
+                        3 => Fault::Close2500,
+                        4 => Fault::Delay(chaos.max_delay.mul_f64(rng.f64())),
+                        _ => Fault::StallMidFrame,
+                    })
+                }
+                None => None,
+            },
+        };
+        if let Some(f) = fault {
+            *st.faults_injected.entry(f.name()).or_default() += 1;
+        }
+        fault
+    }
+
+    fn next_login_refusal(&self) -> Option<u16> {
+        let mut st = self.state();
+        let code =
+            match st.login_refusals.pop_front() {
+                Some(code) => Some(code),
+                None => match st.chaos.as_mut() {
+                    Some((chaos, rng)) => (rng.f64() < chaos.login_refusal_probability)
+                        .then(|| if rng.bool() { 2502 } else { 2501 }),
+                    None => None,
+                },
+            };
+        if code.is_some() {
+            *st.faults_injected.entry("login-refused").or_default() += 1;
+        }
+        code
     }
 }
 
@@ -125,10 +247,15 @@ impl MockRegistry {
     ) -> std::io::Result<MockRegistry> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let chaos = cfg.chaos.map(|c| (c, fastrand::Rng::with_seed(c.seed)));
         let shared = Arc::new(Shared {
             cfg,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                chaos,
+                ..State::default()
+            }),
             stats: MockStats::default(),
+            changed: watch::Sender::new(()),
             held: watch::Sender::new(0),
             release: Semaphore::new(0),
             svtrid: AtomicU64::new(1),
@@ -159,6 +286,40 @@ impl MockRegistry {
     /// Every command received so far, with the response sent, in order.
     pub fn transcript(&self) -> Vec<Exchange> {
         self.shared.state().transcript.clone()
+    }
+
+    /// Every transform processed so far, in order.
+    pub fn ledger(&self) -> Vec<LedgerEntry> {
+        self.shared.state().ledger.clone()
+    }
+
+    /// How many faults of each kind were injected.
+    pub fn faults_injected(&self) -> HashMap<&'static str, usize> {
+        self.shared.state().faults_injected.clone()
+    }
+
+    /// The next command (after login, other than hello/logout) on any session meets `fault`.
+    pub fn push_fault(&self, fault: Fault) {
+        self.shared.state().faults.push_back(fault);
+    }
+
+    /// The next login attempt is answered with `code` (2200, 2501, 2502, …).
+    pub fn push_login_refusal(&self, code: u16) {
+        self.shared.state().login_refusals.push_back(code);
+    }
+
+    pub fn set_chaos(&self, chaos: Option<Chaos>) {
+        self.shared.state().chaos = chaos.map(|c| (c, fastrand::Rng::with_seed(c.seed)));
+    }
+
+    /// Waits until `pred` holds; re-checked after every counted event.
+    pub async fn wait_until(&self, pred: impl Fn(&MockRegistry) -> bool) {
+        let mut rx = self.shared.changed.subscribe();
+        while !pred(self) {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Waits until at least `n` commands are being held (see the module docs).
@@ -210,7 +371,7 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let id = next;
         next += 1;
-        shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+        shared.bump(&shared.stats.connections);
         let acceptor = acceptor.clone();
         let shared = shared.clone();
         let shutdown = shutdown.clone();
@@ -227,10 +388,19 @@ async fn accept_loop(
     }
 }
 
-/// What the session loop should do after answering.
+/// What the session loop does after answering.
+#[derive(PartialEq, Eq)]
 enum After {
     Continue,
     Close,
+}
+
+/// One registry session's state.
+struct Session {
+    id: u64,
+    clid: Option<String>,
+    /// The registry has forgotten the login (idle, or an injected fault).
+    forgotten: bool,
 }
 
 async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
@@ -243,14 +413,30 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
     if framed.send(greeting()).await.is_err() {
         return;
     }
-    let mut clid: Option<String> = None;
+    let mut session = Session {
+        id,
+        clid: None,
+        forgotten: false,
+    };
     loop {
+        // A forgotten session has nothing left to time out.
+        let idle = if session.forgotten {
+            Duration::from_secs(365 * 86_400)
+        } else {
+            shared.cfg.idle_timeout
+        };
         let next = tokio::select! {
-            n = timeout(shared.cfg.idle_timeout, framed.next()) => n,
+            n = timeout(idle, framed.next()) => n,
             _ = shutdown.cancelled() => break,
         };
         let frame = match next {
             Err(_) => {
+                shared.bump(&shared.stats.idle_timeouts);
+                if shared.cfg.idle_forget {
+                    info!("mock registry: idle session forgotten");
+                    session.forgotten = true;
+                    continue;
+                }
                 info!("mock registry: closing idle session");
                 break;
             }
@@ -260,35 +446,84 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
         if !shared.cfg.latency.is_zero() {
             sleep(shared.cfg.latency).await;
         }
-        let (response, after) = answer(&frame, &mut clid, &shared).await;
-        shared.stats.commands.fetch_add(1, Ordering::Relaxed);
+        let sniffed = epp::sniff(&frame);
+        let fault = match &sniffed {
+            Ok(Message::Command(c)) if session.clid.is_some() && c.verb != "logout" => {
+                shared.next_fault()
+            }
+            _ => None,
+        };
+        match fault {
+            Some(Fault::DropBeforeExecute) => break,
+            Some(Fault::NotLoggedIn) => session.forgotten = true,
+            Some(Fault::Delay(d)) => sleep(d).await,
+            Some(Fault::Close2500) => {
+                let cltrid = match &sniffed {
+                    Ok(Message::Command(c)) => c.cltrid.clone(),
+                    _ => None,
+                };
+                let answer = epp::response(
+                    2500,
+                    "Command failed; server closing connection",
+                    cltrid.as_deref(),
+                    &shared.svtrid(),
+                );
+                let _ = framed.send(answer).await;
+                break;
+            }
+            _ => {}
+        }
+        let (response, after) = answer(&frame, sniffed, &mut session, &shared).await;
         shared.state().transcript.push(Exchange {
             connection: id,
             command: frame,
             response: response.clone(),
         });
-        if framed.send(response).await.is_err() {
-            break;
+        shared.bump(&shared.stats.commands);
+        match fault {
+            Some(Fault::DropAfterExecute) => break,
+            Some(Fault::StallMidFrame) => {
+                let wire = encode_frame(&response);
+                let io = framed.get_mut();
+                let _ = io.write_all(&wire[..wire.len() / 2]).await;
+                let _ = io.flush().await;
+                // Silent until the peer gives up or the registry stops.
+                tokio::select! {
+                    _ = framed.next() => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                break;
+            }
+            _ => {}
         }
-        if let After::Close = after {
+        if framed.send(response).await.is_err() || after == After::Close {
             break;
         }
     }
     let _ = timeout(Duration::from_secs(1), framed.close()).await;
-    if let Some(clid) = clid {
+    if let Some(clid) = session.clid {
         if let Some(n) = shared.state().sessions.get_mut(&clid) {
             *n = n.saturating_sub(1);
         }
         shared.stats.active_sessions.fetch_sub(1, Ordering::Relaxed);
+        shared.changed.send_replace(());
     }
     debug!("mock registry session ended");
 }
 
-async fn answer(frame: &[u8], clid: &mut Option<String>, shared: &Shared) -> (Bytes, After) {
+async fn answer(
+    frame: &[u8],
+    sniffed: Result<Message, epp::SniffError>,
+    session: &mut Session,
+    shared: &Shared,
+) -> (Bytes, After) {
     let sv = shared.svtrid();
     let reply = |code: u16, msg: &str, cltrid: Option<&str>| epp::response(code, msg, cltrid, &sv);
-    let cmd = match epp::sniff(frame) {
-        Ok(Message::Hello) => return (greeting(), After::Continue),
+    let cmd = match sniffed {
+        Ok(Message::Hello) => {
+            shared.bump(&shared.stats.hellos);
+            return (greeting(), After::Continue);
+        }
         Ok(Message::Command(c)) => c,
         Ok(_) => return (reply(2001, "Command syntax error", None), After::Continue),
         Err(e) => {
@@ -298,57 +533,31 @@ async fn answer(frame: &[u8], clid: &mut Option<String>, shared: &Shared) -> (By
             )
         }
     };
-    let wrong_cltrid = cmd.cltrid.as_ref().map(|c| format!("not-{c}"));
-    let names = if clid.is_some() {
-        domain_names(frame)
-    } else {
-        Vec::new()
+    let Some(owner) = session.clid.clone() else {
+        return login(&cmd, session, shared, &sv);
     };
+    if cmd.verb == "logout" {
+        return (
+            reply(
+                1500,
+                "Command completed successfully; ending session",
+                cmd.cltrid.as_deref(),
+            ),
+            After::Close,
+        );
+    }
+    if session.forgotten {
+        return (
+            reply(2002, NOT_LOGGED_IN, cmd.cltrid.as_deref()),
+            After::Continue,
+        );
+    }
+    let names = domain_names(frame);
+    let wrong_cltrid = cmd.cltrid.as_ref().map(|c| format!("not-{c}"));
     let cltrid = if names.iter().any(|n| n.starts_with("mismatch-")) {
         wrong_cltrid.as_deref()
     } else {
         cmd.cltrid.as_deref()
-    };
-    let Some(owner) = clid.clone() else {
-        if cmd.verb != "login" {
-            return (reply(2002, "Command use error", cltrid), After::Continue);
-        }
-        let login = cmd.login.clone().unwrap_or_default();
-        let ok = shared
-            .cfg
-            .accounts
-            .get(&login.clid)
-            .is_some_and(|pw| login.pw.ct_eq(pw));
-        if !ok {
-            return (reply(2200, "Authentication error", cltrid), After::Continue);
-        }
-        {
-            let mut st = shared.state();
-            let n = st.sessions.entry(login.clid.clone()).or_default();
-            if *n >= shared.cfg.session_cap {
-                warn!(clid = %login.clid, cap = shared.cfg.session_cap, "mock registry: session limit reached");
-                return (
-                    reply(
-                        2502,
-                        "Session limit exceeded; server closing connection",
-                        cltrid,
-                    ),
-                    After::Close,
-                );
-            }
-            *n += 1;
-        }
-        shared.stats.logins.fetch_add(1, Ordering::Relaxed);
-        let active = shared.stats.active_sessions.fetch_add(1, Ordering::Relaxed) + 1;
-        shared
-            .stats
-            .peak_sessions
-            .fetch_max(active, Ordering::Relaxed);
-        *clid = Some(login.clid);
-        return (
-            reply(1000, "Command completed successfully", cltrid),
-            After::Continue,
-        );
     };
     if names.iter().any(|n| n.starts_with("hold-")) {
         shared.held.send_modify(|n| *n += 1);
@@ -357,24 +566,96 @@ async fn answer(frame: &[u8], clid: &mut Option<String>, shared: &Shared) -> (By
         }
         shared.held.send_modify(|n| *n -= 1);
     }
-    match (cmd.verb.as_str(), cmd.object.as_deref()) {
-        ("login", _) => (reply(2002, "Command use error", cltrid), After::Continue),
-        ("logout", _) => (
-            reply(
-                1500,
-                "Command completed successfully; ending session",
-                cltrid,
-            ),
-            After::Close,
+    let (code, msg, res_data) = execute(&cmd, &names, &owner, shared);
+    if !cmd.is_query() {
+        shared.state().ledger.push(LedgerEntry {
+            connection: session.id,
+            verb: cmd.verb.clone(),
+            names: names.clone(),
+            cltrid: cmd.cltrid.clone(),
+            code,
+        });
+    }
+    (
+        epp::response_with_data(code, msg, &res_data, cltrid, &sv),
+        After::Continue,
+    )
+}
+
+fn login(cmd: &Command, session: &mut Session, shared: &Shared, sv: &str) -> (Bytes, After) {
+    let cltrid = cmd.cltrid.as_deref();
+    let reply = |code: u16, msg: &str| epp::response(code, msg, cltrid, sv);
+    if cmd.verb != "login" {
+        return (reply(2002, "Command use error"), After::Continue);
+    }
+    shared.bump(&shared.stats.login_attempts);
+    if let Some(code) = shared.next_login_refusal() {
+        let msg = match code {
+            2200 => "Authentication error",
+            2501 => "Authentication error; server closing connection",
+            2502 => "Session limit exceeded; server closing connection",
+            _ => "Command failed",
+        };
+        let after = if code >= 2500 {
+            After::Close
+        } else {
+            After::Continue
+        };
+        return (reply(code, msg), after);
+    }
+    let login = cmd.login.clone().unwrap_or_default();
+    let ok = shared
+        .cfg
+        .accounts
+        .get(&login.clid)
+        .is_some_and(|pw| login.pw.ct_eq(pw));
+    if !ok {
+        return (reply(2200, "Authentication error"), After::Continue);
+    }
+    {
+        let mut st = shared.state();
+        let n = st.sessions.entry(login.clid.clone()).or_default();
+        if *n >= shared.cfg.session_cap {
+            warn!(clid = %login.clid, cap = shared.cfg.session_cap, "mock registry: session limit reached");
+            return (
+                reply(2502, "Session limit exceeded; server closing connection"),
+                After::Close,
+            );
+        }
+        *n += 1;
+    }
+    let active = shared.stats.active_sessions.fetch_add(1, Ordering::Relaxed) + 1;
+    shared
+        .stats
+        .peak_sessions
+        .fetch_max(active, Ordering::Relaxed);
+    shared.bump(&shared.stats.logins);
+    session.clid = Some(login.clid);
+    (
+        reply(1000, "Command completed successfully"),
+        After::Continue,
+    )
+}
+
+/// Runs a command against the in-memory registry: (result code, message, resData).
+fn execute(
+    cmd: &Command,
+    names: &[String],
+    owner: &str,
+    shared: &Shared,
+) -> (u16, &'static str, String) {
+    const OK: &str = "Command completed successfully";
+    let first = names.first();
+    let mut st = shared.state();
+    match (cmd.verb.as_str(), cmd.object.as_deref(), first) {
+        ("poll", _, _) => (
+            1300,
+            "Command completed successfully; no messages",
+            String::new(),
         ),
-        ("poll", _) => (
-            reply(1300, "Command completed successfully; no messages", cltrid),
-            After::Continue,
-        ),
-        ("check", Some("domain")) => {
-            let st = shared.state();
+        ("check", Some("domain"), _) => {
             let mut cds = String::new();
-            for name in &names {
+            for name in names {
                 let avail = !st.domains.contains_key(name);
                 cds.push_str(&format!(
                     "<domain:cd><domain:name avail=\"{}\">{}</domain:name></domain:cd>",
@@ -382,63 +663,37 @@ async fn answer(frame: &[u8], clid: &mut Option<String>, shared: &Shared) -> (By
                     esc(name)
                 ));
             }
-            let res = format!("<resData><domain:chkData xmlns:domain=\"{DOMAIN_NS}\">{cds}</domain:chkData></resData>");
-            (
-                epp::response_with_data(1000, "Command completed successfully", &res, cltrid, &sv),
-                After::Continue,
-            )
+            let res = format!(
+                "<resData><domain:chkData xmlns:domain=\"{DOMAIN_NS}\">{cds}</domain:chkData></resData>"
+            );
+            (1000, OK, res)
         }
-        ("info", Some("domain")) => {
-            let Some(name) = names.first() else {
-                return (
-                    reply(2003, "Required parameter missing", cltrid),
-                    After::Continue,
+        ("info" | "create" | "delete", Some("domain"), None) => {
+            (2003, "Required parameter missing", String::new())
+        }
+        ("info", Some("domain"), Some(name)) => match st.domains.get(name) {
+            None => (2303, "Object does not exist", String::new()),
+            Some(rec) => {
+                let res = format!(
+                    "<resData><domain:infData xmlns:domain=\"{DOMAIN_NS}\"><domain:name>{}</domain:name>\
+                     <domain:roid>{}</domain:roid><domain:status s=\"ok\"/><domain:clID>{}</domain:clID>\
+                     </domain:infData></resData>",
+                    esc(name),
+                    esc(&rec.roid),
+                    esc(&rec.owner)
                 );
-            };
-            let st = shared.state();
-            match st.domains.get(name) {
-                None => (
-                    reply(2303, "Object does not exist", cltrid),
-                    After::Continue,
-                ),
-                Some(rec) => {
-                    let res = format!(
-                        "<resData><domain:infData xmlns:domain=\"{DOMAIN_NS}\"><domain:name>{}</domain:name>\
-                         <domain:roid>{}</domain:roid><domain:status s=\"ok\"/><domain:clID>{}</domain:clID>\
-                         </domain:infData></resData>",
-                        esc(name),
-                        esc(&rec.roid),
-                        esc(&rec.owner)
-                    );
-                    (
-                        epp::response_with_data(
-                            1000,
-                            "Command completed successfully",
-                            &res,
-                            cltrid,
-                            &sv,
-                        ),
-                        After::Continue,
-                    )
-                }
+                (1000, OK, res)
             }
-        }
-        ("create", Some("domain")) => {
-            let Some(name) = names.first() else {
-                return (
-                    reply(2003, "Required parameter missing", cltrid),
-                    After::Continue,
-                );
-            };
-            let mut st = shared.state();
+        },
+        ("create", Some("domain"), Some(name)) => {
             if st.domains.contains_key(name) {
-                return (reply(2302, "Object exists", cltrid), After::Continue);
+                return (2302, "Object exists", String::new());
             }
             let roid = format!("D{}-MOCK", shared.roid.fetch_add(1, Ordering::Relaxed));
             st.domains.insert(
                 name.clone(),
                 DomainRecord {
-                    owner: owner.clone(),
+                    owner: owner.to_string(),
                     roid,
                 },
             );
@@ -448,40 +703,17 @@ async fn answer(frame: &[u8], clid: &mut Option<String>, shared: &Shared) -> (By
                 esc(name),
                 humantime::format_rfc3339_seconds(std::time::SystemTime::now())
             );
-            (
-                epp::response_with_data(1000, "Command completed successfully", &res, cltrid, &sv),
-                After::Continue,
-            )
+            (1000, OK, res)
         }
-        ("delete", Some("domain")) => {
-            let Some(name) = names.first() else {
-                return (
-                    reply(2003, "Required parameter missing", cltrid),
-                    After::Continue,
-                );
-            };
-            let mut st = shared.state();
-            match st.domains.get(name) {
-                None => (
-                    reply(2303, "Object does not exist", cltrid),
-                    After::Continue,
-                ),
-                Some(rec) if rec.owner != owner => {
-                    (reply(2201, "Authorization error", cltrid), After::Continue)
-                }
-                Some(_) => {
-                    st.domains.remove(name);
-                    (
-                        reply(1000, "Command completed successfully", cltrid),
-                        After::Continue,
-                    )
-                }
+        ("delete", Some("domain"), Some(name)) => match st.domains.get(name) {
+            None => (2303, "Object does not exist", String::new()),
+            Some(rec) if rec.owner != owner => (2201, "Authorization error", String::new()),
+            Some(_) => {
+                st.domains.remove(name);
+                (1000, OK, String::new())
             }
-        }
-        _ => (
-            reply(2101, "Unimplemented command", cltrid),
-            After::Continue,
-        ),
+        },
+        _ => (2101, "Unimplemented command", String::new()),
     }
 }
 
@@ -514,7 +746,7 @@ fn domain_names(frame: &[u8]) -> Vec<String> {
         match reader.read_resolved_event_into(&mut buf) {
             Ok((ns, Event::Start(e))) => {
                 in_name = e.local_name().as_ref() == b"name"
-                    && matches!(ns, quick_xml::name::ResolveResult::Bound(quick_xml::name::Namespace(n)) if n == DOMAIN_NS.as_bytes());
+                    && matches!(ns, ResolveResult::Bound(Namespace(n)) if n == DOMAIN_NS.as_bytes());
                 if in_name {
                     names.push(String::new());
                 }

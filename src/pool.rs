@@ -158,6 +158,8 @@ pub struct PoolStats {
     pub waiting: usize,
     /// `pool_max`, or less while held down after a 2502.
     pub effective_max: usize,
+    /// Failed attempts to open a session since the last success.
+    pub consecutive_failures: u32,
     pub unhealthy: Option<String>,
 }
 
@@ -206,6 +208,7 @@ impl Pool {
             connecting: st.connecting,
             waiting: st.waiters.iter().filter(|w| !w.is_closed()).count(),
             effective_max,
+            consecutive_failures: st.failures,
             unhealthy: st.unhealthy.clone(),
         }
     }
