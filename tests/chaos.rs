@@ -11,7 +11,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
