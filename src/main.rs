@@ -1,5 +1,6 @@
 //! The `eppmux` binary: parses the command line and wires the library's pieces together.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,8 +33,10 @@ fn main() -> Result<()> {
 fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("log_level: `{filter}` is not a valid filter"))?;
+    // Colour codes only for a person at a terminal, not in docker or journald logs.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

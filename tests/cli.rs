@@ -1,5 +1,7 @@
 //! The `eppmux` binary as an operator meets it: flags, environment variables, error messages.
 
+mod common;
+
 use std::process::Command;
 
 fn eppmux() -> Command {
@@ -103,4 +105,100 @@ fn help_lists_the_documented_flags_and_no_secret() {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
     assert!(!help.contains("very-secret-value"));
+}
+
+/// The real binary against the mock registry: it becomes ready, serves, and on SIGTERM logs out
+/// of every upstream session and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_logs_out_upstream_and_exits_zero() {
+    use eppmux::epp::{self, Message};
+    use std::sync::atomic::Ordering::Relaxed;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let mock = common::start_mock(eppmux::mock_registry::MockConfig::default()).await;
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen_addr = listen.local_addr().unwrap();
+    drop(listen);
+    let mut child = tokio::process::Command::from(eppmux())
+        .args([
+            "--listen",
+            &listen_addr.to_string(),
+            "--upstream",
+            &mock.addr.to_string(),
+        ])
+        .args([
+            "--upstream-server-name",
+            "localhost",
+            "--clid",
+            common::CLID,
+            "--pool-min",
+            "2",
+        ])
+        .arg("--upstream-ca")
+        .arg(common::cert("ca.pem"))
+        .arg("--upstream-cert")
+        .arg(common::cert("client.pem"))
+        .arg("--upstream-key")
+        .arg(common::cert("client-key.pem"))
+        .env("EPPMUX_PASSWORD", common::PASSWORD)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("account ready") {
+            break;
+        }
+    }
+    assert!(
+        log.contains("account ready"),
+        "eppmux never became ready:\n{log}"
+    );
+    let mut c = common::Client::plain(listen_addr).await;
+    c.greeting().await;
+    assert_eq!(
+        c.command(&common::login_xml(common::CLID, common::PASSWORD, "L"))
+            .await
+            .code,
+        1000
+    );
+    assert_eq!(
+        c.command(&common::domain_cmd("check", "bin.gov", "B"))
+            .await
+            .code,
+        1000
+    );
+    mock.wait_until(|m| m.stats().logins.load(Relaxed) == 2)
+        .await;
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().await.unwrap();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    assert!(exit.success(), "exit status {exit:?}\n{log}");
+    assert!(log.contains("shutdown complete"), "{log}");
+    c.expect_closed().await;
+    let logouts = mock
+        .transcript()
+        .iter()
+        .filter(
+            |x| matches!(epp::sniff(&x.command), Ok(Message::Command(cmd)) if cmd.verb == "logout"),
+        )
+        .count();
+    assert_eq!(logouts, 2, "both upstream sessions logged out");
+    assert!(
+        !log.contains(common::PASSWORD),
+        "the password never appears in the log"
+    );
+    mock.shutdown().await;
 }
