@@ -5,6 +5,7 @@
 //! Frames are handled one at a time, so a client that pipelines gets its answers in order. The
 //! connection is only ever closed between frames.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +14,15 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tokio::time::{timeout, Instant};
+use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::access::LoginLimiter;
+use crate::config::ClientLimits;
 use crate::epp::{self, Command, Message};
-use crate::frame::{EppCodec, FrameError};
+use crate::frame::{ClientCodec, FrameError, Incoming};
 use crate::pool::{Pool, PoolError};
 use crate::secret::Secret;
 
@@ -36,8 +39,8 @@ pub struct ClientContext {
     pub greeting: watch::Receiver<Option<Bytes>>,
     pub greeting_wait: Duration,
     pub queue_wait: Duration,
-    pub max_login_failures: u32,
-    pub max_frame: usize,
+    pub limits: ClientLimits,
+    pub login_limiter: LoginLimiter,
     pub shutdown: CancellationToken,
     svtrid: AtomicU64,
 }
@@ -54,8 +57,8 @@ impl ClientContext {
             greeting,
             greeting_wait: cfg.greeting_wait,
             queue_wait: cfg.queue_wait,
-            max_login_failures: cfg.max_login_failures,
-            max_frame: cfg.max_frame,
+            limits: cfg.limits,
+            login_limiter: LoginLimiter::new(cfg.limits.login_failures_per_minute),
             shutdown,
             svtrid: AtomicU64::new(1),
         }
@@ -86,6 +89,12 @@ enum State<'a> {
     LoggedIn { account: &'a Account },
 }
 
+/// Where a connection comes from, for per-source limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub ip: IpAddr,
+}
+
 /// What to do after a frame has been answered.
 enum Next {
     Continue,
@@ -96,18 +105,18 @@ enum Next {
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves one client connection until it logs out, closes, misbehaves or eppmux shuts down.
-pub async fn serve<S>(stream: S, ctx: Arc<ClientContext>)
+pub async fn serve<S>(stream: S, peer: Peer, ctx: Arc<ClientContext>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut framed = Framed::new(stream, EppCodec::new(ctx.max_frame));
-    run(&mut framed, &ctx).await;
+    let mut framed = Framed::new(stream, ClientCodec::new(ctx.limits.max_frame));
+    run(&mut framed, peer, &ctx).await;
     // Always between frames here. A TLS close_notify (or a TCP FIN) tells clients such as Python's
     // ssl module that the close is deliberate, not a truncation attack.
     let _ = timeout(CLOSE_WAIT, framed.close()).await;
 }
 
-async fn run<S>(framed: &mut Framed<S, EppCodec>, ctx: &ClientContext)
+async fn run<S>(framed: &mut Framed<S, ClientCodec>, peer: Peer, ctx: &ClientContext)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -120,9 +129,20 @@ where
         return;
     }
     let mut state = State::Greeted { failures: 0 };
+    let limits = ctx.limits;
+    // Between frames the idle timeout runs; once a frame has begun, the frame timeout.
+    let mut deadline = Instant::now() + limits.idle_timeout;
     loop {
         let frame = tokio::select! {
             f = framed.next() => f,
+            _ = sleep_until(deadline) => {
+                if framed.codec().mid_frame() {
+                    warn!(timeout = ?limits.frame_timeout, "closing: frame not completed in time (slow or stalled client)");
+                } else {
+                    info!(timeout = ?limits.idle_timeout, "closing idle client connection");
+                }
+                return;
+            }
             _ = ctx.shutdown.cancelled() => {
                 info!("closing client connection: eppmux is shutting down");
                 return;
@@ -133,10 +153,15 @@ where
                 debug!("client closed the connection");
                 return;
             }
-            Some(Ok(frame)) => frame,
+            Some(Ok(Incoming::Begun)) => {
+                deadline = Instant::now() + limits.frame_timeout;
+                continue;
+            }
+            Some(Ok(Incoming::Frame(frame))) => frame,
             Some(Err(e)) => return refuse_frame(framed, ctx, e).await,
         };
-        let (answer, next) = handle_frame(&frame, &mut state, ctx).await;
+        let (answer, next) = handle_frame(&frame, &mut state, peer, ctx).await;
+        deadline = Instant::now() + limits.idle_timeout;
         if let Some(answer) = answer {
             if let Err(e) = framed.send(answer).await {
                 debug!(error = %e, "client went away before its answer");
@@ -160,7 +185,7 @@ async fn wait_for_greeting(ctx: &ClientContext) -> Option<Bytes> {
 
 /// A frame the codec refused: say why (when the frame boundary is still known) and close, since
 /// the stream cannot be re-synchronised after a bad header.
-async fn refuse_frame<S>(framed: &mut Framed<S, EppCodec>, ctx: &ClientContext, e: FrameError)
+async fn refuse_frame<S>(framed: &mut Framed<S, ClientCodec>, ctx: &ClientContext, e: FrameError)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -183,6 +208,7 @@ where
 async fn handle_frame<'a>(
     frame: &Bytes,
     state: &mut State<'a>,
+    peer: Peer,
     ctx: &'a ClientContext,
 ) -> (Option<Bytes>, Next) {
     let local = |code: u16, msg: &str, cltrid: Option<&str>| {
@@ -206,9 +232,14 @@ async fn handle_frame<'a>(
             );
         }
         Err(e) => {
-            warn!(reason = %e, "refusing frame");
+            let cltrid = epp::salvage_cltrid(frame);
+            warn!(reason = %e, cltrid = cltrid.as_deref().unwrap_or(""), "refusing frame; nothing forwarded");
             return (
-                local(2001, &format!("Command syntax error: {e}"), None),
+                local(
+                    2001,
+                    &format!("Command syntax error: {e}"),
+                    cltrid.as_deref(),
+                ),
                 Next::Continue,
             );
         }
@@ -232,6 +263,17 @@ async fn handle_frame<'a>(
                     Next::Continue,
                 );
             }
+            if ctx.login_limiter.is_blocked(peer.ip) {
+                warn!(clid = %login.clid, source = %peer.ip, "closing: too many failed logins from this address in the last minute");
+                return (
+                    local(
+                        2501,
+                        "Authentication error; server closing connection",
+                        cltrid,
+                    ),
+                    Next::Close,
+                );
+            }
             match ctx.authenticate(&login.clid, &login.pw) {
                 Some(account) => {
                     info!(clid = %account.clid, "client logged in");
@@ -243,7 +285,8 @@ async fn handle_frame<'a>(
                 }
                 None => {
                     *failures += 1;
-                    if *failures >= ctx.max_login_failures {
+                    ctx.login_limiter.record_failure(peer.ip);
+                    if *failures >= ctx.limits.max_login_failures {
                         warn!(clid = %login.clid, failures = *failures, "closing: too many failed logins");
                         (
                             local(

@@ -129,6 +129,29 @@ pub struct RunArgs {
     /// On SIGTERM/SIGINT, let in-flight commands finish for at most this long [default: 10s].
     #[arg(long, env = "EPPMUX_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub shutdown_timeout: Option<Duration>,
+    /// A client that starts a frame must finish it within this long [default: 30s].
+    #[arg(long, env = "EPPMUX_FRAME_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub frame_timeout: Option<Duration>,
+    /// Close client connections idle (between frames) this long [default: 1h].
+    #[arg(long, env = "EPPMUX_CLIENT_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub client_idle_timeout: Option<Duration>,
+    /// Most client connections at once, over all listeners [default: 4096].
+    #[arg(long, env = "EPPMUX_MAX_CLIENTS", value_name = "N")]
+    pub max_clients: Option<usize>,
+    /// Failed logins allowed per source address per minute; beyond, 2501 and close [default: 20].
+    #[arg(long, env = "EPPMUX_LOGIN_FAILURES_PER_MINUTE", value_name = "N")]
+    pub login_failures_per_minute: Option<u32>,
+    /// Allow --listen (plain TCP, no encryption) on a non-loopback address.
+    #[arg(long, env = "EPPMUX_ALLOW_INSECURE_PLAIN")]
+    pub allow_insecure_plain: bool,
+    /// With --tls-client-ca: only client certificates with these SHA-256 fingerprints (repeatable).
+    #[arg(
+        long,
+        env = "EPPMUX_TLS_CLIENT_ALLOW",
+        value_name = "SHA256",
+        value_delimiter = ','
+    )]
+    pub tls_client_allow: Vec<String>,
     /// Log format.
     #[arg(long, env = "EPPMUX_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -234,6 +257,12 @@ struct FileConfig {
     queue_max: Option<usize>,
     session_limit_hold: Option<String>,
     shutdown_timeout: Option<String>,
+    frame_timeout: Option<String>,
+    client_idle_timeout: Option<String>,
+    max_clients: Option<usize>,
+    login_failures_per_minute: Option<u32>,
+    allow_insecure_plain: Option<bool>,
+    tls_client_allow: Option<Vec<String>>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
     #[serde(default, rename = "account")]
@@ -280,6 +309,19 @@ pub struct ServerTls {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    /// Canonical SHA-256 fingerprints (`access::fingerprint`); empty: any certificate the CA signed.
+    pub client_allow: Vec<String>,
+}
+
+/// Limits on what local clients may do.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    pub max_frame: usize,
+    pub frame_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_clients: usize,
+    pub max_login_failures: u32,
+    pub login_failures_per_minute: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -338,10 +380,9 @@ pub struct Config {
     pub tls: Option<ServerTls>,
     pub upstream: UpstreamConfig,
     pub accounts: Vec<AccountConfig>,
-    pub max_frame: usize,
+    pub limits: ClientLimits,
     pub greeting_wait: Duration,
     pub queue_wait: Duration,
-    pub max_login_failures: u32,
     /// Most commands waiting for a session, per account.
     pub queue_max: usize,
     pub session_limit_hold: Duration,
@@ -393,14 +434,45 @@ impl Config {
                 "no listener: set --listen and/or --listen-tls",
             ));
         }
+        let allow_insecure_plain =
+            args.allow_insecure_plain || file.allow_insecure_plain.unwrap_or(false);
+        if let Some(addr) = listen {
+            if !addr.ip().is_loopback() && !allow_insecure_plain {
+                return Err(invalid(
+                    "listen",
+                    format!("{addr} is not a loopback address: plain TCP carries registry passwords unencrypted; use --listen-tls, or --allow-insecure-plain if the network is private"),
+                ));
+            }
+        }
+        let allow_list = if args.tls_client_allow.is_empty() {
+            file.tls_client_allow.clone().unwrap_or_default()
+        } else {
+            args.tls_client_allow.clone()
+        };
+        let mut client_allow = Vec::new();
+        for fp in &allow_list {
+            client_allow.push(crate::access::normalise_fingerprint(fp).ok_or_else(|| {
+                invalid(
+                    "tls_client_allow",
+                    format!("`{fp}` is not a SHA-256 fingerprint (64 hex digits)"),
+                )
+            })?);
+        }
         let tls_cert = args.tls_cert.clone().or(rel(file.tls_cert));
         let tls_key = args.tls_key.clone().or(rel(file.tls_key));
         let tls_client_ca = args.tls_client_ca.clone().or(rel(file.tls_client_ca));
+        if !client_allow.is_empty() && tls_client_ca.is_none() {
+            return Err(invalid(
+                "tls_client_allow",
+                "needs --tls-client-ca (client certificates are only asked for then)",
+            ));
+        }
         let tls = match (listen_tls, tls_cert, tls_key) {
             (Some(_), Some(cert), Some(key)) => Some(ServerTls {
                 cert,
                 key,
                 client_ca: tls_client_ca,
+                client_allow,
             }),
             (Some(_), None, _) => return Err(invalid("tls_cert", "--listen-tls needs --tls-cert")),
             (Some(_), _, None) => return Err(invalid("tls_key", "--listen-tls needs --tls-key")),
@@ -623,7 +695,30 @@ impl Config {
             tls,
             upstream,
             accounts,
-            max_frame,
+            limits: ClientLimits {
+                max_frame,
+                frame_timeout: dur(
+                    "frame_timeout",
+                    args.frame_timeout,
+                    file.frame_timeout,
+                    Duration::from_secs(30),
+                )?,
+                idle_timeout: dur(
+                    "client_idle_timeout",
+                    args.client_idle_timeout,
+                    file.client_idle_timeout,
+                    Duration::from_secs(3600),
+                )?,
+                max_clients: match args.max_clients.or(file.max_clients).unwrap_or(4096) {
+                    0 => return Err(invalid("max_clients", "must be at least 1")),
+                    n => n,
+                },
+                max_login_failures,
+                login_failures_per_minute: args
+                    .login_failures_per_minute
+                    .or(file.login_failures_per_minute)
+                    .unwrap_or(20),
+            },
             greeting_wait: dur(
                 "greeting_wait",
                 args.greeting_wait,
@@ -636,7 +731,6 @@ impl Config {
                 file.queue_wait,
                 Duration::from_secs(2),
             )?,
-            max_login_failures,
             queue_max: match args.queue_max.or(file.queue_max).unwrap_or(1000) {
                 0 => return Err(invalid("queue_max", "must be at least 1")),
                 n => n,
@@ -745,6 +839,18 @@ mod tests {
         let mut a = base();
         a.upstream_cert = None;
         assert_eq!(err_key(&a, Some("pw")), "upstream_cert");
+        let mut a = base();
+        a.listen = Some("0.0.0.0:1700".parse().unwrap());
+        assert_eq!(
+            err_key(&a, Some("pw")),
+            "listen",
+            "plain TCP off loopback needs an explicit opt-in"
+        );
+        a.allow_insecure_plain = true;
+        assert!(Config::from_sources(&a, Some("pw".into())).is_ok());
+        let mut a = base();
+        a.tls_client_allow = vec!["sha256:1234".into()];
+        assert_eq!(err_key(&a, Some("pw")), "tls_client_allow");
     }
 
     #[test]

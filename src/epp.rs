@@ -326,6 +326,29 @@ pub fn sniff(frame: &[u8]) -> Result<Message, SniffError> {
     }
 }
 
+/// Best effort for a frame [`sniff`] refused: the text of the first `clTRID` element, if it is
+/// plain text, so that the 2001 answer can carry it. Never expands anything.
+pub fn salvage_cltrid(frame: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(frame).ok()?;
+    let mut reader = NsReader::from_str(text);
+    let mut inside = false;
+    let mut value = String::new();
+    loop {
+        match reader.read_event().ok()? {
+            Event::Start(e) if e.local_name().as_ref() == b"clTRID" => inside = true,
+            Event::Text(t) if inside => value.push_str(&t.decode().ok()?),
+            Event::End(_) if inside => {
+                let value = value.trim();
+                return (!value.is_empty() && value.len() <= 64).then(|| value.to_string());
+            }
+            // An entity reference inside the clTRID: give up rather than resolve anything.
+            Event::GeneralRef(_) if inside => return None,
+            Event::Eof => return None,
+            _ => {}
+        }
+    }
+}
+
 fn store(field: Field, value: String, cmd: &mut Command, resp: &mut Response, g: &mut Greeting) {
     let value = match value.trim() {
         trimmed if trimmed.len() == value.len() => value,
@@ -572,6 +595,20 @@ mod tests {
             g.ext_uris,
             vec!["urn:ietf:params:xml:ns:secDNS-1.1".to_string()]
         );
+    }
+
+    #[test]
+    fn cltrid_is_salvaged_from_refused_frames_without_expanding_anything() {
+        assert_eq!(
+            salvage_cltrid(&sample("hostile-entities.xml")).as_deref(),
+            Some("EVIL-1")
+        );
+        assert_eq!(
+            salvage_cltrid(&sample("hostile-two-commands.xml")).as_deref(),
+            Some("T-1")
+        );
+        assert_eq!(salvage_cltrid(b"<epp><command><clTRID>&x;</clTRID>"), None);
+        assert_eq!(salvage_cltrid(b"\xff"), None);
     }
 
     #[test]

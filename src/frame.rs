@@ -112,6 +112,69 @@ impl Encoder<Bytes> for EppCodec {
     }
 }
 
+/// What [`ClientCodec`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// The first bytes of a frame have arrived; the rest has not (yet).
+    Begun,
+    Frame(Bytes),
+}
+
+/// The codec for local clients: [`EppCodec`], plus an [`Incoming::Begun`] notice when a frame
+/// starts arriving without completing, so that the reader can start a deadline for the rest of
+/// it (the defence against clients that trickle bytes) without waking up periodically.
+#[derive(Debug, Clone)]
+pub struct ClientCodec {
+    inner: EppCodec,
+    begun: bool,
+}
+
+impl ClientCodec {
+    pub fn new(max_frame: usize) -> Self {
+        Self {
+            inner: EppCodec::new(max_frame),
+            begun: false,
+        }
+    }
+
+    /// True while part of a frame is buffered.
+    pub fn mid_frame(&self) -> bool {
+        self.begun
+    }
+}
+
+impl Decoder for ClientCodec {
+    type Item = Incoming;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, FrameError> {
+        match self.inner.decode(src)? {
+            Some(frame) => {
+                // Whatever follows in the buffer belongs to the next frame.
+                self.begun = false;
+                Ok(Some(Incoming::Frame(frame)))
+            }
+            None if !src.is_empty() && !self.begun => {
+                self.begun = true;
+                Ok(Some(Incoming::Begun))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, FrameError> {
+        Ok(self.inner.decode_eof(src)?.map(Incoming::Frame))
+    }
+}
+
+impl Encoder<Bytes> for ClientCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, body: Bytes, dst: &mut BytesMut) -> Result<(), FrameError> {
+        self.inner.encode(body, dst)
+    }
+}
+
 /// One frame as a single buffer, for callers that write without a `Framed` (scripts, tests).
 pub fn encode_frame(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + HEADER_LEN);
@@ -216,6 +279,33 @@ mod tests {
         assert!(codec
             .encode(Bytes::from(vec![0u8; 61]), &mut BytesMut::new())
             .is_err());
+    }
+
+    #[test]
+    fn client_codec_announces_a_partial_frame_once() {
+        let mut codec = ClientCodec::new(1024);
+        let wire = encode_frame(b"<epp/>");
+        let mut buf = BytesMut::from(&wire[..2]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Incoming::Begun));
+        assert!(codec.mid_frame());
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            None,
+            "announced once per frame"
+        );
+        buf.extend_from_slice(&wire[2..]);
+        buf.extend_from_slice(&wire);
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Incoming::Frame(Bytes::from_static(b"<epp/>")))
+        );
+        // A whole frame in the buffer comes out at once, without a Begun.
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Incoming::Frame(Bytes::from_static(b"<epp/>")))
+        );
+        assert!(!codec.mid_frame());
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! [`upstream`] (one registry session). [`frame`] and [`epp`] are the wire formats, [`tls`] builds
 //! the TLS configs, and [`mock_registry`] is the registry used by the demo, tests and benchmarks.
 
+pub mod access;
 pub mod client_session;
 pub mod config;
 pub mod epp;

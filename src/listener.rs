@@ -1,6 +1,7 @@
 //! Local listeners: accept loops for the plain-TCP and the TLS listener. Each accepted connection
 //! becomes one task (with its own tracing span) that runs the client session; the TLS handshake
-//! happens inside that task so a slow handshake never holds up accepting others.
+//! happens inside that task so a slow handshake never holds up accepting others. This module also
+//! enforces the connection limit and the client-certificate allow-list.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,25 +9,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use crate::client_session::{self, ClientContext};
+use crate::client_session::{self, ClientContext, Peer};
 
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
-/// Accepts connections until `shutdown` is cancelled. With `tls`, each connection is a TLS server
-/// session; without, plain TCP.
+/// TLS for a listener: the acceptor, and the fingerprints allowed to connect (empty: any
+/// certificate the client CA signed, or no client certificate when none is asked for).
+#[derive(Clone)]
+pub struct ListenerTls {
+    pub acceptor: TlsAcceptor,
+    pub client_allow: Arc<Vec<String>>,
+}
+
+/// Accepts connections until `shutdown` is cancelled. `slots` is shared by all listeners: one
+/// permit per connected client.
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<ListenerTls>,
     ctx: Arc<ClientContext>,
+    slots: Arc<Semaphore>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -47,10 +58,15 @@ pub async fn serve(
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            warn!(listener = kind, %peer, max_clients = ctx.limits.max_clients, "refusing connection: too many clients connected");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("client", conn = id, listener = kind, %peer);
-        tasks.spawn(handle(stream, peer, tls.clone(), ctx.clone()).instrument(span));
+        tasks.spawn(handle(stream, peer, tls.clone(), ctx.clone(), slot).instrument(span));
     }
     info!(listener = kind, "stopped accepting");
 }
@@ -58,17 +74,37 @@ pub async fn serve(
 async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<ListenerTls>,
     ctx: Arc<ClientContext>,
+    _slot: OwnedSemaphorePermit,
 ) {
-    debug!(%peer, "accepted");
-    match tls {
-        None => client_session::serve(stream, ctx).await,
-        Some(acceptor) => match timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-            Ok(Ok(tls_stream)) => client_session::serve(tls_stream, ctx).await,
-            Ok(Err(e)) => warn!(error = %e, "TLS handshake with client failed"),
-            Err(_) => warn!("TLS handshake with client timed out"),
-        },
+    debug!("accepted");
+    let who = Peer { ip: peer.ip() };
+    let Some(tls) = tls else {
+        return client_session::serve(stream, who, ctx).await;
+    };
+    let tls_stream = match timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return warn!(error = %e, "TLS handshake with client failed"),
+        Err(_) => return warn!("TLS handshake with client timed out"),
+    };
+    if !tls.client_allow.is_empty() {
+        let fingerprint = tls_stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| crate::access::fingerprint(cert));
+        match fingerprint {
+            Some(fp) if tls.client_allow.contains(&fp) => debug!(%fp, "client certificate allowed"),
+            other => {
+                return warn!(
+                    fingerprint = other.as_deref().unwrap_or("none"),
+                    "closing: client certificate is not on the allow-list"
+                );
+            }
+        }
     }
+    client_session::serve(tls_stream, who, ctx).await;
     debug!("connection done");
 }

@@ -6,13 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client_session::{Account, ClientContext};
 use crate::config::Config;
+use crate::listener::ListenerTls;
 use crate::pool::{Pool, PoolSettings};
 use crate::tls::TlsError;
 use crate::upstream::UpstreamTarget;
@@ -40,13 +41,16 @@ pub struct Proxy {
 impl Proxy {
     /// Binds the listeners and starts the pools; returns once eppmux is accepting clients.
     pub async fn start(cfg: &Config, shutdown: CancellationToken) -> Result<Proxy, StartError> {
-        let target = Arc::new(UpstreamTarget::new(&cfg.upstream, cfg.max_frame)?);
-        let acceptor = match &cfg.tls {
-            Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(
-                &t.cert,
-                &t.key,
-                t.client_ca.as_deref(),
-            )?)),
+        let target = Arc::new(UpstreamTarget::new(&cfg.upstream, cfg.limits.max_frame)?);
+        let listener_tls = match &cfg.tls {
+            Some(t) => Some(ListenerTls {
+                acceptor: TlsAcceptor::from(crate::tls::server_config(
+                    &t.cert,
+                    &t.key,
+                    t.client_ca.as_deref(),
+                )?),
+                client_allow: Arc::new(t.client_allow.clone()),
+            }),
             None => None,
         };
         let plain = match cfg.listen {
@@ -88,6 +92,7 @@ impl Proxy {
             shutdown.clone(),
         ));
 
+        let slots = Arc::new(Semaphore::new(cfg.limits.max_clients));
         let plain_addr = plain.as_ref().and_then(|l| l.local_addr().ok());
         let tls_addr = tls.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = plain {
@@ -95,6 +100,7 @@ impl Proxy {
                 listener,
                 None,
                 ctx.clone(),
+                slots.clone(),
                 tasks.clone(),
                 shutdown.clone(),
             ));
@@ -102,8 +108,9 @@ impl Proxy {
         if let Some(listener) = tls {
             tasks.spawn(crate::listener::serve(
                 listener,
-                acceptor,
+                listener_tls,
                 ctx,
+                slots,
                 tasks.clone(),
                 shutdown.clone(),
             ));

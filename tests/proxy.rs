@@ -109,7 +109,10 @@ async fn login_rules() {
 
 #[tokio::test]
 async fn too_many_failed_logins_close_with_2501() {
-    let h = Harness::start(MockConfig::default(), |cfg| cfg.max_login_failures = 2).await;
+    let h = Harness::start(MockConfig::default(), |cfg| {
+        cfg.limits.max_login_failures = 2
+    })
+    .await;
     let mut c = h.plain_client().await;
     c.greeting().await;
     assert_eq!(c.command(&login_xml(CLID, "nope", "F1")).await.code, 2200);
@@ -410,7 +413,7 @@ async fn local_mutual_tls_when_a_client_ca_is_set() {
 
 #[tokio::test]
 async fn framing_edge_cases_through_the_proxy() {
-    let h = Harness::start(MockConfig::default(), |cfg| cfg.max_frame = 4096).await;
+    let h = Harness::start(MockConfig::default(), |cfg| cfg.limits.max_frame = 4096).await;
     let addr = h.proxy.plain_addr.unwrap();
     let mut bystander = h.logged_in().await;
 
