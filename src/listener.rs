@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
@@ -83,7 +84,7 @@ async fn handle(
     let Some(tls) = tls else {
         return client_session::serve(stream, who, ctx).await;
     };
-    let tls_stream = match timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
+    let mut tls_stream = match timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return warn!(error = %e, "TLS handshake with client failed"),
         Err(_) => return warn!("TLS handshake with client timed out"),
@@ -98,10 +99,13 @@ async fn handle(
         match fingerprint {
             Some(fp) if tls.client_allow.contains(&fp) => debug!(%fp, "client certificate allowed"),
             other => {
-                return warn!(
+                warn!(
                     fingerprint = other.as_deref().unwrap_or("none"),
                     "closing: client certificate is not on the allow-list"
                 );
+                // A clean TLS close, before any frame: the client sees no greeting.
+                let _ = timeout(Duration::from_secs(1), tls_stream.shutdown()).await;
+                return;
             }
         }
     }

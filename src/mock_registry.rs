@@ -85,6 +85,12 @@ pub enum Fault {
     Delay(Duration),
     /// Process the command, send half of the answer, then go silent.
     StallMidFrame,
+    /// Process the command, then answer with a header claiming a 64 MiB frame.
+    OversizeResponse,
+    /// Process the command, then answer with a frame that is not well-formed XML.
+    MalformedResponse,
+    /// Answer normally, then send a second, unsolicited response.
+    Unsolicited,
 }
 
 impl Fault {
@@ -96,6 +102,9 @@ impl Fault {
             Fault::Close2500 => "2500-close",
             Fault::Delay(_) => "delay",
             Fault::StallMidFrame => "stall-mid-frame",
+            Fault::OversizeResponse => "oversize-response",
+            Fault::MalformedResponse => "malformed-response",
+            Fault::Unsolicited => "unsolicited-response",
         }
     }
 }
@@ -193,13 +202,16 @@ impl Shared {
             Some(f) => Some(f),
             None => match st.chaos.as_mut() {
                 Some((chaos, rng)) => {
-                    (rng.f64() < chaos.command_fault_probability).then(|| match rng.u8(0..6) {
+                    (rng.f64() < chaos.command_fault_probability).then(|| match rng.u8(0..9) {
                         0 => Fault::DropBeforeExecute,
                         1 => Fault::DropAfterExecute,
                         2 => Fault::NotLoggedIn,
                         3 => Fault::Close2500,
                         4 => Fault::Delay(chaos.max_delay.mul_f64(rng.f64())),
-                        _ => Fault::StallMidFrame,
+                        5 => Fault::StallMidFrame,
+                        6 => Fault::OversizeResponse,
+                        7 => Fault::MalformedResponse,
+                        _ => Fault::Unsolicited,
                     })
                 }
                 None => None,
@@ -482,6 +494,23 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
         shared.bump(&shared.stats.commands);
         match fault {
             Some(Fault::DropAfterExecute) => break,
+            Some(Fault::OversizeResponse) => {
+                let io = framed.get_mut();
+                let _ = io.write_all(&(64u32 << 20).to_be_bytes()).await;
+                let _ = io.write_all(&response).await;
+                let _ = io.flush().await;
+                let _ = framed.next().await;
+                break;
+            }
+            Some(Fault::MalformedResponse) => {
+                let garbage = Bytes::from_static(b"<epp xmlns=\"urn:ietf:params:xml:ns:epp-1.0\"><response><result code=\"1000\">");
+                if framed.send(garbage).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            // Answer now; the normal send below repeats it, unasked.
+            Some(Fault::Unsolicited) if framed.send(response.clone()).await.is_err() => break,
             Some(Fault::StallMidFrame) => {
                 let wire = encode_frame(&response);
                 let io = framed.get_mut();

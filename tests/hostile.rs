@@ -1,0 +1,281 @@
+//! Bad input and hostile peers: every limit and every class of hostile input gets its documented
+//! outcome, nothing hostile reaches the registry, and another client on the same proxy keeps
+//! being served meanwhile.
+
+mod common;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use eppmux::epp::EPP_NS;
+use eppmux::mock_registry::{Fault, MockConfig, MockRegistry};
+use tokio::io::AsyncWriteExt;
+
+/// A logged-in client that must keep working whatever the others do.
+async fn still_served(bystander: &mut Client, tag: &str) {
+    let r = bystander
+        .command(&domain_cmd("check", &format!("{tag}.gov"), tag))
+        .await;
+    assert_eq!(
+        (r.code, r.cltrid.as_deref()),
+        (1000, Some(tag)),
+        "the bystander was disturbed"
+    );
+}
+
+fn reached_registry(mock: &MockRegistry, needle: &str) -> bool {
+    mock.transcript()
+        .iter()
+        .any(|x| String::from_utf8_lossy(&x.command).contains(needle))
+}
+
+#[tokio::test]
+async fn hostile_xml_gets_2001_with_its_cltrid_and_is_never_forwarded() {
+    let h = Harness::start(MockConfig::default(), |_| {}).await;
+    let mut bystander = h.logged_in().await;
+    let mut c = h.logged_in().await;
+    let deep = format!(
+        "<epp xmlns=\"{EPP_NS}\"><command><check>{}</check><clTRID>DEEP-1</clTRID></command></epp>",
+        "<a>".repeat(500) + &"</a>".repeat(500)
+    );
+    let cases: Vec<(&str, Bytes, Option<&str>)> = vec![
+        ("entities", sample("hostile-entities.xml"), Some("EVIL-1")),
+        ("two commands", sample("hostile-two-commands.xml"), Some("T-1")),
+        ("not well-formed", Bytes::from(format!("<epp xmlns=\"{EPP_NS}\"><command><check></command><clTRID>BROKEN-1</clTRID></epp>")), None),
+        ("not UTF-8", Bytes::from_static(b"<epp xmlns=\"urn:ietf:params:xml:ns:epp-1.0\"><command>\xff\xfe</command></epp>"), None),
+        ("wrong namespace", Bytes::from_static(b"<epp xmlns=\"urn:example:not-epp\"><command><check/><clTRID>NS-1</clTRID></command></epp>"), Some("NS-1")),
+        ("not XML", Bytes::from_static(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), None),
+        ("absurd nesting", Bytes::from(deep), Some("DEEP-1")),
+        ("external entity", Bytes::from(format!("<?xml version=\"1.0\"?><!DOCTYPE epp [<!ENTITY x SYSTEM \"file:///etc/passwd\">]><epp xmlns=\"{EPP_NS}\"><command><info><domain:info xmlns:domain=\"urn:ietf:params:xml:ns:domain-1.0\"><domain:name>&x;</domain:name></domain:info></info><clTRID>XXE-1</clTRID></command></epp>")), Some("XXE-1")),
+    ];
+    let before = h.mock.transcript().len();
+    for (what, frame, cltrid) in cases {
+        c.send(frame).await;
+        let r = c.recv_response().await;
+        assert_eq!(r.code, 2001, "{what}: {}", r.msg);
+        assert_eq!(
+            r.cltrid.as_deref(),
+            cltrid,
+            "{what}: clTRID when it can be read"
+        );
+        still_served(&mut bystander, &format!("after-{}", what.replace(' ', "-"))).await;
+    }
+    // Only the bystander's checks reached the registry.
+    let forwarded = h.mock.transcript().len() - before;
+    assert_eq!(forwarded, 8, "no hostile frame was forwarded");
+    assert!(!reached_registry(&h.mock, "ENTITY"));
+    // The hostile client's session goes on too.
+    assert_eq!(
+        c.command(&domain_cmd("check", "fine.gov", "OK-1"))
+            .await
+            .code,
+        1000
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_frame_that_never_completes_is_cut_off() {
+    let h = Harness::start(MockConfig::default(), |cfg| {
+        cfg.limits.frame_timeout = Duration::from_millis(200)
+    })
+    .await;
+    let mut bystander = h.logged_in().await;
+    let mut slow = h.logged_in().await;
+    let wire = eppmux::frame::encode_frame(domain_cmd("create", "slow.gov", "SLOW-1").as_bytes());
+    slow.framed.get_mut().write_all(&wire[..30]).await.unwrap();
+    slow.framed.get_mut().flush().await.unwrap();
+    still_served(&mut bystander, "during-slowloris").await;
+    slow.expect_closed().await;
+    assert!(!reached_registry(&h.mock, "slow.gov"));
+    still_served(&mut bystander, "after-slowloris").await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn idle_clients_are_closed_between_frames() {
+    let h = Harness::start(MockConfig::default(), |cfg| {
+        cfg.limits.idle_timeout = Duration::from_millis(200)
+    })
+    .await;
+    let mut idle = h.plain_client().await;
+    idle.greeting().await;
+    idle.expect_closed().await;
+    // An active client is not idle: each frame restarts its clock.
+    let mut active = h.logged_in().await;
+    still_served(&mut active, "active").await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_max_clients_are_refused() {
+    let h = Harness::start(MockConfig::default(), |cfg| cfg.limits.max_clients = 2).await;
+    let mut bystander = h.logged_in().await;
+    let mut second = h.plain_client().await;
+    second.greeting().await;
+    let mut third = h.plain_client().await;
+    third.expect_closed().await;
+    still_served(&mut bystander, "at-capacity").await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn pipelined_frames_are_read_one_at_a_time_and_answered_in_order() {
+    use eppmux::epp::{sniff, Message};
+    use eppmux::frame::{encode_frame, EppCodec};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_util::codec::{FramedRead, FramedWrite};
+
+    let h = Harness::start(MockConfig::default(), |cfg| cfg.accounts[0].pool_max = 2).await;
+    let mut bystander = h.logged_in().await;
+    let tcp = tokio::net::TcpStream::connect(h.proxy.plain_addr.unwrap())
+        .await
+        .unwrap();
+    let (read_half, mut write_half) = tcp.into_split();
+    let mut reader = FramedRead::new(read_half, EppCodec::default());
+    reader.next().await.unwrap().unwrap(); // greeting
+    FramedWrite::new(&mut write_half, EppCodec::default())
+        .send(Bytes::from(login_xml(CLID, PASSWORD, "L")))
+        .await
+        .unwrap();
+    reader.next().await.unwrap().unwrap();
+    // ~150 KiB of commands in one write: eppmux reads them as it answers them and TCP holds back
+    // the rest, so a flooding client costs one frame of memory, not its whole backlog.
+    let mut wire = Vec::new();
+    for i in 0..300 {
+        wire.extend(encode_frame(
+            domain_cmd("check", &format!("f{i}.gov"), &format!("F{i}")).as_bytes(),
+        ));
+    }
+    let send = tokio::spawn(async move { write_half.write_all(&wire).await.unwrap() });
+    still_served(&mut bystander, "during-flood").await;
+    for i in 0..300 {
+        let frame = reader.next().await.unwrap().unwrap();
+        let Ok(Message::Response(r)) = sniff(&frame) else {
+            panic!("not a response")
+        };
+        assert_eq!(r.cltrid, Some(format!("F{i}")));
+    }
+    send.await.unwrap();
+    still_served(&mut bystander, "after-flood").await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn failed_logins_are_rate_limited_per_source() {
+    let h = Harness::start(MockConfig::default(), |cfg| {
+        cfg.limits.login_failures_per_minute = 3;
+        cfg.limits.max_login_failures = 10;
+    })
+    .await;
+    let mut bystander = h.logged_in().await;
+    let mut guesser = h.plain_client().await;
+    guesser.greeting().await;
+    for i in 0..3 {
+        assert_eq!(
+            guesser
+                .command(&login_xml(CLID, &format!("guess-{i}"), "G"))
+                .await
+                .code,
+            2200
+        );
+    }
+    // The limit is per source address, across connections, and even the right password waits.
+    let r = guesser.command(&login_xml(CLID, PASSWORD, "G")).await;
+    assert_eq!(r.code, 2501);
+    guesser.expect_closed().await;
+    let mut again = h.plain_client().await;
+    again.greeting().await;
+    assert_eq!(
+        again.command(&login_xml(CLID, PASSWORD, "G2")).await.code,
+        2501
+    );
+    still_served(&mut bystander, "after-guessing").await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_registry_responses_retire_the_session_only() {
+    let h = Harness::start(MockConfig::default(), |cfg| {
+        cfg.accounts[0].pool_min = 2;
+        cfg.accounts[0].pool_max = 2;
+        cfg.limits.max_frame = 64 * 1024;
+    })
+    .await;
+    h.proxy.pools[0].wait_for(|s| s.live == 2).await;
+    let mut bystander = h.logged_in().await;
+    let mut c = h.logged_in().await;
+    for (i, fault) in [
+        Fault::OversizeResponse,
+        Fault::MalformedResponse,
+        Fault::Unsolicited,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        h.mock.push_fault(fault);
+        // A query: retried on a healthy session, so the client still gets its own answer.
+        let r = c
+            .command(&domain_cmd(
+                "check",
+                &format!("hostile-{i}.gov"),
+                &format!("H{i}"),
+            ))
+            .await;
+        assert_eq!(
+            (r.code, r.cltrid),
+            (1000, Some(format!("H{i}"))),
+            "{fault:?}"
+        );
+        still_served(&mut bystander, &format!("after-{}", fault.name())).await;
+    }
+    // A transform meeting a broken response is not replayed: its client is closed between frames.
+    h.mock.push_fault(Fault::MalformedResponse);
+    c.send(Bytes::from(domain_cmd("create", "broken-answer.gov", "HC")))
+        .await;
+    c.expect_closed().await;
+    still_served(&mut bystander, "after-transform").await;
+    let counters = h.proxy.pools[0].counters();
+    assert!(counters.sessions_lost >= 4, "{counters:?}");
+    h.proxy.pools[0].wait_for(|s| s.live == 2).await;
+    assert!(h.mock.stats().logins.load(Relaxed) >= 6);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn local_client_certificates_can_be_pinned_by_fingerprint() {
+    let client_der = eppmux::tls::load_certs(&cert("client.pem"))
+        .unwrap()
+        .remove(0);
+    let server_der = eppmux::tls::load_certs(&cert("server.pem"))
+        .unwrap()
+        .remove(0);
+    for (allowed, expect_ok) in [
+        (eppmux::access::fingerprint(&client_der), true),
+        (eppmux::access::fingerprint(&server_der), false),
+    ] {
+        let h = Harness::start(MockConfig::default(), |cfg| {
+            let tls = cfg.tls.as_mut().unwrap();
+            tls.client_ca = Some(cert("ca.pem"));
+            tls.client_allow = vec![allowed.clone()];
+        })
+        .await;
+        let mut c = Client::tls(
+            h.proxy.tls_addr.unwrap(),
+            Some(("client.pem", "client-key.pem")),
+        )
+        .await;
+        if expect_ok {
+            c.greeting().await;
+            assert_eq!(
+                c.command(&login_xml(CLID, PASSWORD, "PIN")).await.code,
+                1000
+            );
+        } else {
+            c.expect_closed().await;
+        }
+        h.stop().await;
+    }
+}
