@@ -23,6 +23,7 @@ use crate::access::LoginLimiter;
 use crate::config::ClientLimits;
 use crate::epp::{self, Command, Message};
 use crate::frame::{ClientCodec, FrameError, Incoming};
+use crate::metrics::{CommandLabel, Metrics, ReasonLabel};
 use crate::pool::{Pool, PoolError};
 use crate::secret::Secret;
 
@@ -41,6 +42,7 @@ pub struct ClientContext {
     pub queue_wait: Duration,
     pub limits: ClientLimits,
     pub login_limiter: LoginLimiter,
+    pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
     svtrid: AtomicU64,
 }
@@ -50,6 +52,7 @@ impl ClientContext {
         accounts: Vec<Account>,
         greeting: watch::Receiver<Option<Bytes>>,
         cfg: &crate::config::Config,
+        metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -59,9 +62,17 @@ impl ClientContext {
             queue_wait: cfg.queue_wait,
             limits: cfg.limits,
             login_limiter: LoginLimiter::new(cfg.limits.login_failures_per_minute),
+            metrics,
             shutdown,
             svtrid: AtomicU64::new(1),
         }
+    }
+
+    fn reject(&self, reason: &'static str) {
+        self.metrics
+            .frames_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Server transaction id for the answers eppmux gives itself.
@@ -137,6 +148,7 @@ where
             f = framed.next() => f,
             _ = sleep_until(deadline) => {
                 if framed.codec().mid_frame() {
+                    ctx.reject("frame_timeout");
                     warn!(timeout = ?limits.frame_timeout, "closing: frame not completed in time (slow or stalled client)");
                 } else {
                     info!(timeout = ?limits.idle_timeout, "closing idle client connection");
@@ -191,6 +203,11 @@ where
 {
     match &e {
         FrameError::TooShort(_) | FrameError::TooLarge { .. } => {
+            ctx.reject(if matches!(e, FrameError::TooShort(_)) {
+                "too_short"
+            } else {
+                "too_large"
+            });
             warn!(reason = %e, "closing client connection: bad frame header");
             let answer = epp::response(
                 2001,
@@ -200,7 +217,10 @@ where
             );
             let _ = framed.send(answer).await;
         }
-        FrameError::Truncated(_) => info!(reason = %e, "client closed the connection mid-frame"),
+        FrameError::Truncated(_) => {
+            ctx.reject("truncated");
+            info!(reason = %e, "client closed the connection mid-frame")
+        }
         FrameError::Io(err) => debug!(error = %err, "client connection failed"),
     }
 }
@@ -218,6 +238,7 @@ async fn handle_frame<'a>(
         Ok(Message::Command(cmd)) => cmd,
         Ok(Message::Hello) => return (ctx.greeting.borrow().clone(), Next::Continue),
         Ok(other) => {
+            ctx.reject("not_a_command");
             warn!(
                 got = kind_name(&other),
                 "refusing frame: clients send commands, not this"
@@ -232,6 +253,7 @@ async fn handle_frame<'a>(
             );
         }
         Err(e) => {
+            ctx.reject(sniff_reason(&e));
             let cltrid = epp::salvage_cltrid(frame);
             warn!(reason = %e, cltrid = cltrid.as_deref().unwrap_or(""), "refusing frame; nothing forwarded");
             return (
@@ -339,6 +361,19 @@ async fn forward(
         .await
     {
         Ok(reply) => {
+            let elapsed = started.elapsed();
+            ctx.metrics
+                .commands
+                .get_or_create(&CommandLabel {
+                    account: account.clid.clone(),
+                    command: cmd.display_name(),
+                    code: reply.code,
+                })
+                .inc();
+            ctx.metrics
+                .command_duration
+                .get_or_create(&crate::metrics::account(&account.clid))
+                .observe(elapsed.as_secs_f64());
             info!(
                 command = %cmd.display_name(),
                 cltrid = cltrid.unwrap_or(""),
@@ -388,6 +423,21 @@ async fn forward(
                 next,
             )
         }
+    }
+}
+
+fn sniff_reason(e: &epp::SniffError) -> &'static str {
+    use epp::SniffError::*;
+    match e {
+        NotUtf8 => "not_utf8",
+        Malformed(_) => "malformed_xml",
+        DocType => "doctype",
+        Entity(_) => "entity",
+        NotEpp => "not_epp",
+        Several => "several_commands",
+        Empty => "no_command",
+        TooDeep => "too_deep",
+        BadResultCode => "malformed_xml",
     }
 }
 

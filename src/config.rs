@@ -152,6 +152,12 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub tls_client_allow: Vec<String>,
+    /// Admin endpoint (HTTP: /metrics, /healthz, /readyz, /status), e.g. 127.0.0.1:9700 [default: off].
+    #[arg(long, env = "EPPMUX_ADMIN", value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Log format.
     #[arg(long, env = "EPPMUX_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -171,6 +177,9 @@ pub struct DemoArgs {
     /// Where the mock registry binds.
     #[arg(long, default_value = "127.0.0.1:1799")]
     pub registry: SocketAddr,
+    /// Where eppmux's admin endpoint binds.
+    #[arg(long, env = "EPPMUX_ADMIN", default_value = "127.0.0.1:1790")]
+    pub admin: SocketAddr,
     /// Directory with the example certificates.
     #[arg(long, default_value = "certs-example")]
     pub certs: PathBuf,
@@ -263,6 +272,7 @@ struct FileConfig {
     login_failures_per_minute: Option<u32>,
     allow_insecure_plain: Option<bool>,
     tls_client_allow: Option<Vec<String>>,
+    admin: Option<SocketAddr>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
     #[serde(default, rename = "account")]
@@ -381,6 +391,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub accounts: Vec<AccountConfig>,
     pub limits: ClientLimits,
+    pub admin: Option<SocketAddr>,
     pub greeting_wait: Duration,
     pub queue_wait: Duration,
     /// Most commands waiting for a session, per account.
@@ -719,6 +730,7 @@ impl Config {
                     .or(file.login_failures_per_minute)
                     .unwrap_or(20),
             },
+            admin: args.admin.or(file.admin),
             greeting_wait: dur(
                 "greeting_wait",
                 args.greeting_wait,

@@ -7,11 +7,13 @@
 //! the TLS configs, and [`mock_registry`] is the registry used by the demo, tests and benchmarks.
 
 pub mod access;
+pub mod admin;
 pub mod client_session;
 pub mod config;
 pub mod epp;
 pub mod frame;
 pub mod listener;
+pub mod metrics;
 pub mod mock_registry;
 pub mod pool;
 pub mod proxy;

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::client_session::{self, ClientContext, Peer};
+use crate::metrics::{ListenerLabel, RefusedLabel};
 
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,6 +61,7 @@ pub async fn serve(
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused(&ctx, kind, "max_clients");
             warn!(listener = kind, %peer, max_clients = ctx.limits.max_clients, "refusing connection: too many clients connected");
             drop(stream);
             continue;
@@ -67,7 +69,18 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("client", conn = id, listener = kind, %peer);
-        tasks.spawn(handle(stream, peer, tls.clone(), ctx.clone(), slot).instrument(span));
+        let label = ListenerLabel { listener: kind };
+        ctx.metrics.clients_total.get_or_create(&label).inc();
+        ctx.metrics.clients_current.get_or_create(&label).inc();
+        let ctx = ctx.clone();
+        let tls = tls.clone();
+        tasks.spawn(
+            async move {
+                handle(stream, peer, tls, ctx.clone(), slot).await;
+                ctx.metrics.clients_current.get_or_create(&label).dec();
+            }
+            .instrument(span),
+        );
     }
     info!(listener = kind, "stopped accepting");
 }
@@ -86,8 +99,14 @@ async fn handle(
     };
     let mut tls_stream = match timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return warn!(error = %e, "TLS handshake with client failed"),
-        Err(_) => return warn!("TLS handshake with client timed out"),
+        Ok(Err(e)) => {
+            refused(&ctx, "tls", "tls_handshake");
+            return warn!(error = %e, "TLS handshake with client failed");
+        }
+        Err(_) => {
+            refused(&ctx, "tls", "tls_handshake");
+            return warn!("TLS handshake with client timed out");
+        }
     };
     if !tls.client_allow.is_empty() {
         let fingerprint = tls_stream
@@ -99,6 +118,7 @@ async fn handle(
         match fingerprint {
             Some(fp) if tls.client_allow.contains(&fp) => debug!(%fp, "client certificate allowed"),
             other => {
+                refused(&ctx, "tls", "not_allowed");
                 warn!(
                     fingerprint = other.as_deref().unwrap_or("none"),
                     "closing: client certificate is not on the allow-list"
@@ -111,4 +131,11 @@ async fn handle(
     }
     client_session::serve(tls_stream, who, ctx).await;
     debug!("connection done");
+}
+
+fn refused(ctx: &ClientContext, listener: &'static str, reason: &'static str) {
+    ctx.metrics
+        .connections_refused
+        .get_or_create(&RefusedLabel { listener, reason })
+        .inc();
 }

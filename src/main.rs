@@ -173,6 +173,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
         .with_context(|| format!("mock registry on {}", args.registry))?;
 
     let cfg = Config {
+        admin: Some(args.admin),
         listen: Some(args.listen),
         listen_tls: Some(args.listen_tls),
         tls: Some(ServerTls {

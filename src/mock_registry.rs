@@ -89,7 +89,7 @@ pub enum Fault {
     OversizeResponse,
     /// Process the command, then answer with a frame that is not well-formed XML.
     MalformedResponse,
-    /// Answer normally, then send a second, unsolicited response.
+    /// Answer normally, then send a second response that nothing asked for (no clTRID).
     Unsolicited,
 }
 
@@ -509,8 +509,6 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 continue;
             }
-            // Answer now; the normal send below repeats it, unasked.
-            Some(Fault::Unsolicited) if framed.send(response.clone()).await.is_err() => break,
             Some(Fault::StallMidFrame) => {
                 let wire = encode_frame(&response);
                 let io = framed.get_mut();
@@ -527,6 +525,12 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
         }
         if framed.send(response).await.is_err() || after == After::Close {
             break;
+        }
+        if fault == Some(Fault::Unsolicited) {
+            let extra = epp::response(1000, "Unsolicited", None, &shared.svtrid());
+            if framed.send(extra).await.is_err() {
+                break;
+            }
         }
     }
     let _ = timeout(Duration::from_secs(1), framed.close()).await;

@@ -14,7 +14,7 @@
 //! logged in. A query may also be sent again when its response was lost. A transform whose
 //! response was lost is never replayed; the caller gets [`PoolError::Lost`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -28,6 +28,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::config::AccountConfig;
 use crate::epp;
+use crate::metrics::{self, Metrics, ResultLabel, RetryLabel};
 use crate::upstream::{ExchangeError, Reply, Session, UpstreamTarget};
 
 /// Attempts for one command: hand-offs of commands that never left, re-sends after "not logged
@@ -77,11 +78,23 @@ struct Job {
 
 #[derive(Clone)]
 struct SessionHandle {
+    id: u64,
     jobs: mpsc::Sender<Job>,
+}
+
+/// What the pool knows of one logged-in session, for `/status` and for shrinking.
+struct SessionInfo {
+    born: Instant,
+    served: Arc<AtomicU64>,
+    /// Cancelled to make the session retire after its current command.
+    retire: CancellationToken,
 }
 
 #[derive(Default)]
 struct State {
+    /// Current pool_min and pool_max (changed by a configuration reload).
+    min: usize,
+    max: usize,
     idle: VecDeque<SessionHandle>,
     waiters: VecDeque<oneshot::Sender<SessionHandle>>,
     /// Sessions being opened (including those waiting out a backoff).
@@ -96,6 +109,12 @@ struct State {
     unhealthy: Option<String>,
     /// After a 2502: at most this many sessions until the instant.
     capped: Option<(usize, Instant)>,
+    /// Sessions that ended abnormally and are not yet replaced.
+    dead: usize,
+    /// Sessions that ended or failed to open; the next ones opened are reconnects.
+    to_replace: usize,
+    sessions: HashMap<u64, SessionInfo>,
+    last_error: Option<String>,
 }
 
 /// Event counts since start, for logs, tests, the chaos test's report and metrics.
@@ -145,6 +164,7 @@ struct Inner {
     state: Mutex<State>,
     next_id: AtomicU64,
     counters: Counters,
+    metrics: Arc<Metrics>,
     /// Bumped whenever sessions or waiters change, for [`Pool::wait_for`].
     changed: watch::Sender<()>,
 }
@@ -160,6 +180,10 @@ pub struct PoolStats {
     pub effective_max: usize,
     /// Failed attempts to open a session since the last success.
     pub consecutive_failures: u32,
+    /// Sessions that ended abnormally and are not yet replaced.
+    pub dead: usize,
+    pub pool_min: usize,
+    pub pool_max: usize,
     pub unhealthy: Option<String>,
 }
 
@@ -176,9 +200,15 @@ impl Pool {
         settings: PoolSettings,
         target: Arc<UpstreamTarget>,
         greeting: watch::Sender<Option<Bytes>>,
+        metrics: Arc<Metrics>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Pool {
+        let state = State {
+            min: account.pool_min,
+            max: account.pool_max,
+            ..State::default()
+        };
         let inner = Arc::new(Inner {
             account,
             settings,
@@ -186,9 +216,10 @@ impl Pool {
             greeting,
             shutdown,
             tasks,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             next_id: AtomicU64::new(1),
             counters: Counters::default(),
+            metrics,
             changed: watch::Sender::new(()),
         });
         inner.maintain();
@@ -209,8 +240,87 @@ impl Pool {
             waiting: st.waiters.iter().filter(|w| !w.is_closed()).count(),
             effective_max,
             consecutive_failures: st.failures,
+            dead: st.dead,
+            pool_min: st.min,
+            pool_max: st.max,
             unhealthy: st.unhealthy.clone(),
         }
+    }
+
+    /// The pool as JSON, for the admin endpoint's `/status`.
+    pub fn status(&self) -> serde_json::Value {
+        let stats = self.stats();
+        let counters = self.counters();
+        let st = self.inner.state();
+        let mut sessions: Vec<_> = st
+            .sessions
+            .iter()
+            .map(|(id, info)| {
+                serde_json::json!({
+                    "id": id,
+                    "age_seconds": info.born.elapsed().as_secs(),
+                    "commands": info.served.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        sessions.sort_by_key(|v| v["id"].as_u64());
+        serde_json::json!({
+            "account": self.clid(),
+            "pool_min": stats.pool_min,
+            "pool_max": stats.pool_max,
+            "effective_max": stats.effective_max,
+            "live": stats.live,
+            "idle": stats.idle,
+            "busy": stats.live.saturating_sub(stats.idle),
+            "connecting": stats.connecting,
+            "dead": stats.dead,
+            "waiting": stats.waiting,
+            "unhealthy": stats.unhealthy,
+            "last_error": st.last_error,
+            "sessions": sessions,
+            "counters": {
+                "forwarded": counters.forwarded,
+                "handoffs": counters.handoffs,
+                "resent_not_executed": counters.resent_not_executed,
+                "resent_queries": counters.resent_queries,
+                "refused_replays": counters.refused_replays,
+                "exhausted": counters.exhausted,
+                "sessions_opened": counters.sessions_opened,
+                "open_failures": counters.open_failures,
+                "sessions_lost": counters.sessions_lost,
+                "sessions_retired": counters.sessions_retired,
+                "keepalives": counters.keepalives,
+            },
+        })
+    }
+
+    /// Applies new pool sizes: opens sessions up to the new minimum at once, and retires sessions
+    /// above the new maximum (idle ones first, busy ones after their current command).
+    pub fn resize(&self, min: usize, max: usize) {
+        {
+            let mut st = self.inner.state();
+            st.min = min;
+            st.max = max;
+            let excess = st.live.saturating_sub(max);
+            let idle: Vec<u64> = st.idle.iter().map(|h| h.id).collect();
+            let mut victims: Vec<u64> = idle.into_iter().take(excess).collect();
+            let mut others: Vec<u64> = st
+                .sessions
+                .keys()
+                .copied()
+                .filter(|id| !victims.contains(id))
+                .collect();
+            others.sort_unstable();
+            victims.extend(others.into_iter().take(excess - victims.len()));
+            for id in victims {
+                if let Some(info) = st.sessions.get(&id) {
+                    info.retire.cancel();
+                }
+            }
+            info!(account = %self.inner.account.clid, min, max, retiring = excess, "pool resized");
+        }
+        self.inner.changed.send_replace(());
+        self.inner.maintain();
     }
 
     pub fn counters(&self) -> PoolCounters {
@@ -282,23 +392,31 @@ impl Pool {
                 }
                 Err(JobError::NotSent) => {
                     counters.handoffs.fetch_add(1, Ordering::Relaxed);
+                    self.inner.count_retry("handoff");
                 }
                 Err(JobError::NotExecuted(why)) => {
                     counters.resent_not_executed.fetch_add(1, Ordering::Relaxed);
+                    self.inner.count_retry("not_logged_in");
                     info!(cltrid = cltrid.unwrap_or(""), attempt, reason = %why, "command not executed; sending it on another session");
                 }
                 Err(JobError::Exchange(e)) if is_query => {
                     counters.resent_queries.fetch_add(1, Ordering::Relaxed);
+                    self.inner.count_retry("lost_query");
                     warn!(cltrid = cltrid.unwrap_or(""), attempt, reason = %e, "query response lost; sending the query again");
                     last_loss = Some(e);
                 }
                 Err(JobError::Exchange(e)) => {
                     counters.refused_replays.fetch_add(1, Ordering::Relaxed);
+                    self.inner
+                        .metrics
+                        .retries_refused
+                        .get_or_create(&metrics::account(self.clid()))
+                        .inc();
                     return Err(PoolError::Lost(e));
                 }
             }
         }
-        counters.exhausted.fetch_add(1, Ordering::Relaxed);
+        self.inner.count_exhausted();
         Err(match last_loss {
             Some(e) => PoolError::Lost(e),
             None => PoolError::Exhausted(wait),
@@ -306,6 +424,19 @@ impl Pool {
     }
 
     async fn acquire(&self, deadline: Instant, wait: Duration) -> Result<Lease, PoolError> {
+        let asked = Instant::now();
+        let result = self.acquire_inner(deadline, wait).await;
+        if result.is_ok() {
+            self.inner
+                .metrics
+                .queue_wait
+                .get_or_create(&metrics::account(self.clid()))
+                .observe(asked.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    async fn acquire_inner(&self, deadline: Instant, wait: Duration) -> Result<Lease, PoolError> {
         let mut rx = {
             let mut st = self.inner.state();
             if st.live == 0 {
@@ -339,7 +470,7 @@ impl Pool {
                 // A session may have been handed over just as the wait ran out: use it.
                 rx.close();
                 rx.try_recv().map(|h| self.lease(h)).map_err(|_| {
-                    self.inner.counters.exhausted.fetch_add(1, Ordering::Relaxed);
+                    self.inner.count_exhausted();
                     PoolError::Exhausted(wait)
                 })
             }
@@ -390,13 +521,41 @@ impl Inner {
 
     fn effective_max(&self, st: &mut State) -> usize {
         match st.capped {
-            Some((cap, until)) if Instant::now() < until => cap.min(self.account.pool_max),
+            Some((cap, until)) if Instant::now() < until => cap.min(st.max),
             Some(_) => {
                 st.capped = None;
-                self.account.pool_max
+                st.max
             }
-            None => self.account.pool_max,
+            None => st.max,
         }
+    }
+
+    fn count_exhausted(&self) {
+        self.counters.exhausted.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .pool_exhausted
+            .get_or_create(&metrics::account(&self.account.clid))
+            .inc();
+    }
+
+    fn count_retry(&self, kind: &'static str) {
+        self.metrics
+            .retries
+            .get_or_create(&RetryLabel {
+                account: self.account.clid.clone(),
+                kind,
+            })
+            .inc();
+    }
+
+    fn count_login(&self, result: String) {
+        self.metrics
+            .logins
+            .get_or_create(&ResultLabel {
+                account: self.account.clid.clone(),
+                result,
+            })
+            .inc();
     }
 
     /// Hands a free session to the longest waiting caller, or puts it back in the idle queue.
@@ -425,11 +584,24 @@ impl Inner {
             let max = self.effective_max(&mut st);
             st.waiters.retain(|w| !w.is_closed());
             let total = st.connecting + st.live;
-            let for_min = self.account.pool_min.min(max).saturating_sub(total);
+            let for_min = st.min.min(max).saturating_sub(total);
             let room = max.saturating_sub(total);
             let for_demand = st.waiters.len().saturating_sub(st.connecting).min(room);
             let count = for_min.max(for_demand);
             st.connecting += count;
+            let reconnects = count.min(st.to_replace);
+            st.to_replace -= reconnects;
+            if count == 0 && st.connecting == 0 {
+                // Nothing will replace what was lost: it is no longer "dead", just gone.
+                st.dead = 0;
+                st.to_replace = 0;
+            }
+            if reconnects > 0 {
+                self.metrics
+                    .reconnects
+                    .get_or_create(&metrics::account(&self.account.clid))
+                    .inc_by(reconnects as u64);
+            }
             (count, backoff(st.failures))
         };
         for _ in 0..count {
@@ -440,13 +612,20 @@ impl Inner {
         }
     }
 
-    fn on_open_failed(self: &Arc<Self>, code: Option<u16>) {
+    fn on_open_failed(self: &Arc<Self>, code: Option<u16>, error: Option<String>) {
         self.counters.open_failures.fetch_add(1, Ordering::Relaxed);
+        if error.is_some() {
+            self.count_login(code.map_or_else(|| "error".to_string(), |c| c.to_string()));
+        }
         let mut hold_until = None;
         {
             let mut st = self.state();
             st.connecting -= 1;
             st.failures = st.failures.saturating_add(1);
+            if error.is_some() {
+                st.to_replace += 1;
+                st.last_error = error;
+            }
             match code {
                 Some(2200) => {
                     st.login_refusals += 1;
@@ -483,16 +662,19 @@ impl Inner {
         self.maintain();
     }
 
-    fn on_ready(self: &Arc<Self>, handle: SessionHandle) {
+    fn on_ready(self: &Arc<Self>, handle: SessionHandle, info: SessionInfo) {
         self.counters
             .sessions_opened
             .fetch_add(1, Ordering::Relaxed);
+        self.count_login("1000".to_string());
         let first = {
             let mut st = self.state();
             st.connecting -= 1;
             st.live += 1;
             st.failures = 0;
             st.login_refusals = 0;
+            st.dead = st.dead.saturating_sub(1);
+            st.sessions.insert(handle.id, info);
             st.live == 1
         };
         if first {
@@ -502,11 +684,18 @@ impl Inner {
         self.changed.send_replace(());
     }
 
-    fn on_gone(self: &Arc<Self>) {
+    /// A logged-in session ended; `error` when it ended abnormally.
+    fn on_gone(self: &Arc<Self>, id: u64, error: Option<String>) {
         let none_left = {
             let mut st = self.state();
             st.live -= 1;
+            st.sessions.remove(&id);
             st.idle.retain(|h| !h.jobs.is_closed());
+            st.to_replace += 1;
+            if error.is_some() {
+                st.dead += 1;
+                st.last_error = error;
+            }
             st.live == 0
         };
         if none_left && !self.shutdown.is_cancelled() {
@@ -545,7 +734,7 @@ async fn run_session(pool: Arc<Inner>, id: u64, delay: Duration) {
         debug!(?delay, "waiting before reconnecting");
         tokio::select! {
             _ = sleep(delay) => {}
-            _ = pool.shutdown.cancelled() => return pool.on_open_failed(None),
+            _ = pool.shutdown.cancelled() => return pool.on_open_failed(None, None),
         }
     }
     let login_cltrid = format!("eppmux-login-{id}");
@@ -554,23 +743,32 @@ async fn run_session(pool: Arc<Inner>, id: u64, delay: Duration) {
     };
     let opened = tokio::select! {
         r = Session::open(&pool.target, &pool.account, &login_cltrid, publish) => r,
-        _ = pool.shutdown.cancelled() => return pool.on_open_failed(None),
+        _ = pool.shutdown.cancelled() => return pool.on_open_failed(None, None),
     };
     let mut session = match opened {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, result_code = e.login_code(), "upstream session could not be opened");
-            return pool.on_open_failed(e.login_code());
+            return pool.on_open_failed(e.login_code(), Some(e.to_string()));
         }
     };
     info!(peer = ?session.peer, "upstream session logged in");
 
     let (tx, mut rx) = mpsc::channel::<Job>(1);
-    let handle = SessionHandle { jobs: tx };
-    pool.on_ready(handle.clone());
+    let handle = SessionHandle { id, jobs: tx };
+    let born = Instant::now();
+    let served_counter = Arc::new(AtomicU64::new(0));
+    let retire = CancellationToken::new();
+    pool.on_ready(
+        handle.clone(),
+        SessionInfo {
+            born,
+            served: served_counter.clone(),
+            retire: retire.clone(),
+        },
+    );
     let wait = pool.target.response_timeout;
     let lifecycle = pool.account.lifecycle;
-    let born = Instant::now();
     let far = born + Duration::from_secs(100 * 365 * 86_400);
     let mut last_used = born;
     let mut served = 0u64;
@@ -580,10 +778,13 @@ async fn run_session(pool: Arc<Inner>, id: u64, delay: Duration) {
         tokio::select! {
             biased;
             _ = pool.shutdown.cancelled() => break End::Shutdown,
+            // Before taking a job: whatever the registry sent unasked ends the session.
+            why = session.unsolicited() => break End::Dead(why),
             job = rx.recv() => {
                 // We hold a sender ourselves, so the channel cannot close under us.
                 let Some(job) = job else { break End::Shutdown };
                 served += 1;
+                served_counter.store(served, Ordering::Relaxed);
                 let result = session.exchange(job.frame, job.cltrid.as_deref(), wait).await;
                 last_used = Instant::now();
                 match result {
@@ -605,6 +806,10 @@ async fn run_session(pool: Arc<Inner>, id: u64, delay: Duration) {
                         }
                         pool.release(handle.clone());
                     }
+                    Err(ExchangeError::Unsent(why)) => {
+                        let _ = job.reply.send(Err(JobError::NotSent));
+                        break End::Dead(why);
+                    }
                     Err(e) => {
                         let why = e.to_string();
                         let _ = job.reply.send(Err(JobError::Exchange(e)));
@@ -616,13 +821,14 @@ async fn run_session(pool: Arc<Inner>, id: u64, delay: Duration) {
                 Ok(greeting) => {
                     last_used = Instant::now();
                     pool.counters.keepalives.fetch_add(1, Ordering::Relaxed);
+                    pool.metrics.keepalives.get_or_create(&metrics::account(&pool.account.clid)).inc();
                     pool.greeting.send_replace(Some(greeting));
                     debug!("keepalive <hello> answered");
                 }
                 Err(e) => break End::Dead(e.to_string()),
             },
             _ = sleep_until(retire_at) => break End::Retire("reached its maximum age"),
-            why = session.unsolicited() => break End::Dead(why),
+            _ = retire.cancelled() => break End::Retire("the pool was made smaller"),
         }
     };
     // Jobs handed over while we were ending were never written: their callers send them elsewhere.
@@ -634,7 +840,7 @@ async fn run_session(pool: Arc<Inner>, id: u64, delay: Duration) {
     let logout_cltrid = format!("eppmux-logout-{id}");
     match end {
         End::Shutdown => {
-            pool.on_gone();
+            pool.on_gone(id, None);
             session.logout(&logout_cltrid, LOGOUT_WAIT).await;
             info!("upstream session logged out");
         }
@@ -645,12 +851,12 @@ async fn run_session(pool: Arc<Inner>, id: u64, delay: Duration) {
             pool.counters
                 .sessions_retired
                 .fetch_add(1, Ordering::Relaxed);
-            pool.on_gone();
+            pool.on_gone(id, None);
         }
         End::Dead(why) => {
             warn!(reason = %why, served, "upstream session ended; it will be replaced");
             pool.counters.sessions_lost.fetch_add(1, Ordering::Relaxed);
-            pool.on_gone();
+            pool.on_gone(id, Some(why));
         }
     }
 }

@@ -11,9 +11,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::AdminState;
 use crate::client_session::{Account, ClientContext};
 use crate::config::Config;
 use crate::listener::ListenerTls;
+use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolSettings};
 use crate::tls::TlsError;
 use crate::upstream::UpstreamTarget;
@@ -33,7 +35,9 @@ pub struct Proxy {
     /// Bound address of the plain-TCP listener (useful with port 0).
     pub plain_addr: Option<SocketAddr>,
     pub tls_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
     pub pools: Vec<Pool>,
+    pub metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -61,8 +65,13 @@ impl Proxy {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
+        let admin = match cfg.admin {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
 
         let tasks = TaskTracker::new();
+        let metrics = Arc::new(Metrics::new());
         let (greeting_tx, greeting_rx) = watch::channel(None);
         let settings = PoolSettings {
             queue_max: cfg.queue_max,
@@ -79,19 +88,34 @@ impl Proxy {
                     settings,
                     target.clone(),
                     greeting_tx.clone(),
+                    metrics.clone(),
                     shutdown.clone(),
                     tasks.clone(),
                 ),
             })
             .collect();
-        let pools = accounts.iter().map(|a| a.pool.clone()).collect();
+        let pools: Vec<Pool> = accounts.iter().map(|a| a.pool.clone()).collect();
         let ctx = Arc::new(ClientContext::new(
             accounts,
             greeting_rx,
             cfg,
+            metrics.clone(),
             shutdown.clone(),
         ));
 
+        let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(listener) = admin {
+            let state = Arc::new(AdminState {
+                metrics: metrics.clone(),
+                pools: pools.clone(),
+            });
+            tasks.spawn(crate::admin::serve(
+                listener,
+                state,
+                tasks.clone(),
+                shutdown.clone(),
+            ));
+        }
         let slots = Arc::new(Semaphore::new(cfg.limits.max_clients));
         let plain_addr = plain.as_ref().and_then(|l| l.local_addr().ok());
         let tls_addr = tls.as_ref().and_then(|l| l.local_addr().ok());
@@ -118,7 +142,9 @@ impl Proxy {
         Ok(Proxy {
             plain_addr,
             tls_addr,
+            admin_addr,
             pools,
+            metrics,
             shutdown,
             tasks,
         })

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -91,6 +91,10 @@ pub enum ExchangeError {
         expected: String,
         got: Option<String>,
     },
+    /// The registry had sent something unasked before the command went out; the command was
+    /// not written, and the session is out of step.
+    #[error("command not sent: {0}")]
+    Unsent(String),
 }
 
 /// A registry response, with its result code already read.
@@ -185,6 +189,11 @@ impl Session {
         cltrid: Option<&str>,
         wait: Duration,
     ) -> Result<Reply, ExchangeError> {
+        // Anything already waiting would be read as this command's answer: with clTRIDs chosen
+        // by clients (and not unique across them) that could hand one client another's response.
+        if let Some(pending) = self.framed.next().now_or_never() {
+            return Err(ExchangeError::Unsent(describe_unsolicited(pending)));
+        }
         self.framed
             .send(frame)
             .await
@@ -248,14 +257,7 @@ impl Session {
     /// Resolves when the registry sends something while no command is outstanding: a close, an
     /// error, or an unsolicited frame. Each of them ends the session.
     pub async fn unsolicited(&mut self) -> String {
-        match self.framed.next().await {
-            None => "registry closed the idle session".into(),
-            Some(Err(e)) => format!("idle session failed: {e}"),
-            Some(Ok(frame)) => match epp::sniff(&frame) {
-                Ok(Message::Response(r)) => format!("unsolicited response {} {}", r.code, r.msg),
-                _ => "unsolicited frame from the registry".into(),
-            },
-        }
+        describe_unsolicited(self.framed.next().await)
     }
 
     /// Ends the session politely; errors are irrelevant at this point.
@@ -267,6 +269,17 @@ impl Session {
             let _ = self.framed.close().await;
         })
         .await;
+    }
+}
+
+fn describe_unsolicited(next: Option<Result<Bytes, FrameError>>) -> String {
+    match next {
+        None => "registry closed the idle session".into(),
+        Some(Err(e)) => format!("idle session failed: {e}"),
+        Some(Ok(frame)) => match epp::sniff(&frame) {
+            Ok(Message::Response(r)) => format!("unsolicited response {} {}", r.code, r.msg),
+            _ => "unsolicited frame from the registry".into(),
+        },
     }
 }
 

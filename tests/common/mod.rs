@@ -58,6 +58,7 @@ pub async fn start_mock(cfg: MockConfig) -> MockRegistry {
 /// A proxy configuration for a registry at `upstream`, with both listeners on ephemeral ports.
 pub fn proxy_config(upstream: SocketAddr) -> Config {
     Config {
+        admin: Some(loopback()),
         listen: Some(loopback()),
         listen_tls: Some(loopback()),
         tls: Some(ServerTls {

@@ -1,0 +1,174 @@
+//! The admin endpoint: a separate HTTP/1 listener (off unless `--admin` is set) with
+//! `GET /metrics` (Prometheus/OpenMetrics text), `GET /healthz` (the process is up),
+//! `GET /readyz` (every account has a logged-in upstream session; 503 with a JSON reason
+//! otherwise) and `GET /status` (each pool as JSON). It exposes no secret and changes nothing.
+//! Also the client side of `/readyz`, for `eppmux healthcheck`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub pools: Vec<Pool>,
+}
+
+/// Serves the admin endpoint until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    info!(addr = ?listener.local_addr().ok(), "admin endpoint listening");
+    loop {
+        let (stream, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&req, &state)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r { debug!(%peer, error = %e, "admin connection ended") },
+                _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+}
+
+fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.metrics.render(&state.pools),
+        ),
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => {
+            let (ready, reasons) = readiness(&state.pools);
+            let body = serde_json::json!({ "ready": ready, "reasons": reasons }).to_string() + "\n";
+            let code = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            reply(code, "application/json", body)
+        }
+        "/status" => {
+            let pools: Vec<_> = state.pools.iter().map(Pool::status).collect();
+            let body = serde_json::to_string_pretty(&serde_json::json!({ "accounts": pools }))
+                .unwrap_or_default()
+                + "\n";
+            reply(StatusCode::OK, "application/json", body)
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: /metrics /healthz /readyz /status\n".into(),
+        ),
+    }
+}
+
+/// Ready when every account has at least one logged-in session.
+pub fn readiness(pools: &[Pool]) -> (bool, Vec<String>) {
+    let mut reasons = Vec::new();
+    for pool in pools {
+        let stats = pool.stats();
+        if stats.live == 0 {
+            let why = match stats.unhealthy {
+                Some(reason) => reason,
+                None => format!(
+                    "{} upstream session(s) connecting, none logged in yet",
+                    stats.connecting
+                ),
+            };
+            reasons.push(format!("account {}: {why}", pool.clid()));
+        }
+    }
+    (reasons.is_empty(), reasons)
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot reach the admin endpoint at {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("`{0}` is not a request path")]
+    BadPath(String),
+}
+
+/// `GET path` on the admin endpoint: (status code, body).
+pub async fn get(
+    addr: SocketAddr,
+    path: &str,
+    wait: Duration,
+) -> Result<(u16, String), ProbeError> {
+    tokio::time::timeout(wait, async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ProbeError::Connect { addr, source })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header(hyper::header::HOST, addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(|_| ProbeError::BadPath(path.to_string()))?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    })
+    .await
+    .map_err(|_| ProbeError::Timeout(wait))?
+}

@@ -1,0 +1,224 @@
+//! Prometheus metrics: one registry per running proxy, counters and histograms updated where
+//! things happen, pool gauges refreshed from the pools at scrape time, encoded in the OpenMetrics
+//! text format by `prometheus-client`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::pool::Pool;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountLabel {
+    pub account: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionStateLabel {
+    pub account: String,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub account: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabel {
+    pub account: String,
+    pub command: String,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabel {
+    pub listener: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabel {
+    pub account: String,
+    /// `not_logged_in`, `lost_query` or `handoff`.
+    pub kind: &'static str,
+}
+
+type HistogramFamily = Family<AccountLabel, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 250 µs to ~16 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub sessions: Family<SessionStateLabel, Gauge>,
+    pub logins: Family<ResultLabel, Counter>,
+    pub reconnects: Family<AccountLabel, Counter>,
+    pub commands: Family<CommandLabel, Counter>,
+    pub command_duration: HistogramFamily,
+    pub queue_wait: HistogramFamily,
+    pub queue_length: Family<AccountLabel, Gauge>,
+    pub pool_exhausted: Family<AccountLabel, Counter>,
+    pub clients_current: Family<ListenerLabel, Gauge>,
+    pub clients_total: Family<ListenerLabel, Counter>,
+    pub connections_refused: Family<RefusedLabel, Counter>,
+    pub frames_rejected: Family<ReasonLabel, Counter>,
+    pub keepalives: Family<AccountLabel, Counter>,
+    pub retries: Family<RetryLabel, Counter>,
+    pub retries_refused: Family<AccountLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("eppmux");
+        let m = Metrics {
+            sessions: Family::default(),
+            logins: Family::default(),
+            reconnects: Family::default(),
+            commands: Family::default(),
+            command_duration: Family::new_with_constructor(latency_histogram),
+            queue_wait: Family::new_with_constructor(latency_histogram),
+            queue_length: Family::default(),
+            pool_exhausted: Family::default(),
+            clients_current: Family::default(),
+            clients_total: Family::default(),
+            connections_refused: Family::default(),
+            frames_rejected: Family::default(),
+            keepalives: Family::default(),
+            retries: Family::default(),
+            retries_refused: Family::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "upstream_sessions",
+            "Upstream sessions by account and state (connecting, idle, busy, dead)",
+            m.sessions.clone(),
+        );
+        r.register(
+            "upstream_logins",
+            "Upstream login attempts by account and result code ('error' when no answer)",
+            m.logins.clone(),
+        );
+        r.register(
+            "upstream_reconnects",
+            "Upstream sessions opened to replace one that was lost, retired or failed",
+            m.reconnects.clone(),
+        );
+        r.register(
+            "commands_forwarded",
+            "Commands forwarded by account, command and registry result code",
+            m.commands.clone(),
+        );
+        r.register(
+            "command_duration_seconds",
+            "Time from a command's arrival to its answer, queue wait included",
+            m.command_duration.clone(),
+        );
+        r.register(
+            "queue_wait_seconds",
+            "Time a command waited for a free upstream session",
+            m.queue_wait.clone(),
+        );
+        r.register(
+            "queue_length",
+            "Commands waiting for a free upstream session",
+            m.queue_length.clone(),
+        );
+        r.register(
+            "pool_exhausted",
+            "2400 answers: no upstream session free within the wait, or the queue full",
+            m.pool_exhausted.clone(),
+        );
+        r.register(
+            "client_connections",
+            "Client connections open now, by listener",
+            m.clients_current.clone(),
+        );
+        r.register(
+            "client_connections_accepted",
+            "Client connections accepted, by listener",
+            m.clients_total.clone(),
+        );
+        r.register(
+            "client_connections_refused",
+            "Client connections refused, by listener and reason",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "frames_rejected",
+            "Client frames refused, by reason",
+            m.frames_rejected.clone(),
+        );
+        r.register(
+            "keepalive_hellos",
+            "Keepalive <hello>s sent on idle upstream sessions",
+            m.keepalives.clone(),
+        );
+        r.register("retries", "Commands sent again because the registry certainly did not execute them (or they were queries)", m.retries.clone());
+        r.register(
+            "retries_refused",
+            "Transforms whose response was lost and that were not replayed",
+            m.retries_refused.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Sets the pool gauges from the pools, then encodes everything.
+    pub fn render(&self, pools: &[Pool]) -> String {
+        for pool in pools {
+            let account = pool.clid().to_string();
+            let stats = pool.stats();
+            let busy = stats.live.saturating_sub(stats.idle);
+            for (state, n) in [
+                ("connecting", stats.connecting),
+                ("idle", stats.idle),
+                ("busy", busy),
+                ("dead", stats.dead),
+            ] {
+                self.sessions
+                    .get_or_create(&SessionStateLabel {
+                        account: account.clone(),
+                        state,
+                    })
+                    .set(n as i64);
+            }
+            self.queue_length
+                .get_or_create(&AccountLabel { account })
+                .set(stats.waiting as i64);
+        }
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Shorthand for the label most metrics carry.
+pub fn account(clid: &str) -> AccountLabel {
+    AccountLabel {
+        account: clid.to_string(),
+    }
+}
