@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::frame::DEFAULT_MAX_FRAME;
 use crate::secret::Secret;
@@ -34,9 +34,23 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run only the mock EPP registry (for tests, benchmarks and docker-compose).
     MockRegistry(MockArgs),
+    /// Connect to the registry once with this configuration: greeting, login, hello, logout, timings.
+    Check(Box<RunArgs>),
+    /// Exit 0 when the admin endpoint says eppmux is ready (for container healthchecks).
+    Healthcheck(HealthArgs),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// The admin endpoint of the eppmux to ask.
+    #[arg(long, env = "EPPMUX_ADMIN", default_value = "127.0.0.1:9700")]
+    pub admin: SocketAddr,
+    /// Give up after this long.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -235,6 +249,24 @@ pub struct MockArgs {
     pub log_format: LogFormat,
 }
 
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+fn ser_opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration(d, s),
+        None => s.serialize_str("off"),
+    }
+}
+
+impl Config {
+    /// The effective configuration as TOML, passwords shown as `<redacted>`.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration like 500ms, 3s or 2m: {e}"))
@@ -314,7 +346,7 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ServerTls {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -324,17 +356,19 @@ pub struct ServerTls {
 }
 
 /// Limits on what local clients may do.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct ClientLimits {
     pub max_frame: usize,
+    #[serde(serialize_with = "ser_duration")]
     pub frame_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
     pub idle_timeout: Duration,
     pub max_clients: usize,
     pub max_login_failures: u32,
     pub login_failures_per_minute: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct UpstreamConfig {
     /// HOST:PORT as given.
     pub addr: String,
@@ -343,11 +377,13 @@ pub struct UpstreamConfig {
     pub ca: Option<PathBuf>,
     pub cert: PathBuf,
     pub key: PathBuf,
+    #[serde(serialize_with = "ser_duration")]
     pub step_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
     pub response_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct AccountConfig {
     pub clid: String,
     pub password: Secret,
@@ -360,10 +396,12 @@ pub struct AccountConfig {
 }
 
 /// How long an upstream session lives and how it is kept alive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SessionLifecycle {
     /// Idle time after which a `<hello>` is sent; `None`: never.
+    #[serde(serialize_with = "ser_opt_duration")]
     pub keepalive: Option<Duration>,
+    #[serde(serialize_with = "ser_opt_duration")]
     pub max_age: Option<Duration>,
     pub max_commands: Option<u64>,
 }
@@ -383,7 +421,7 @@ impl Default for SessionLifecycle {
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// Validated configuration of the proxy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Config {
     pub listen: Option<SocketAddr>,
     pub listen_tls: Option<SocketAddr>,
@@ -392,11 +430,15 @@ pub struct Config {
     pub accounts: Vec<AccountConfig>,
     pub limits: ClientLimits,
     pub admin: Option<SocketAddr>,
+    #[serde(serialize_with = "ser_duration")]
     pub greeting_wait: Duration,
+    #[serde(serialize_with = "ser_duration")]
     pub queue_wait: Duration,
     /// Most commands waiting for a session, per account.
     pub queue_max: usize,
+    #[serde(serialize_with = "ser_duration")]
     pub session_limit_hold: Duration,
+    #[serde(serialize_with = "ser_duration")]
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     pub log_level: String,

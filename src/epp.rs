@@ -34,6 +34,7 @@ pub enum Message {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Greeting {
     pub sv_id: String,
+    pub sv_date: String,
     pub obj_uris: Vec<String>,
     pub ext_uris: Vec<String>,
 }
@@ -116,6 +117,7 @@ enum Field {
     Pw,
     ResultMsg,
     SvId,
+    SvDate,
     ObjUri,
     ExtUri,
 }
@@ -224,6 +226,9 @@ pub fn sniff(frame: &[u8]) -> Result<Message, SniffError> {
                     }
                     (2, Some((true, "greeting"))) if is_epp && local == "svID" => {
                         capture = Some((Field::SvId, String::new()));
+                    }
+                    (2, Some((true, "greeting"))) if is_epp && local == "svDate" => {
+                        capture = Some((Field::SvDate, String::new()));
                     }
                     (3, Some((true, "svcMenu"))) if is_epp && local == "objURI" => {
                         capture = Some((Field::ObjUri, String::new()));
@@ -364,6 +369,7 @@ fn store(field: Field, value: String, cmd: &mut Command, resp: &mut Response, g:
         Field::Pw => cmd.login.get_or_insert_with(Login::default).pw = Secret::new(value),
         Field::ResultMsg => resp.msg = value,
         Field::SvId => g.sv_id = value,
+        Field::SvDate => g.sv_date = value,
         Field::ObjUri => g.obj_uris.push(value),
         Field::ExtUri => g.ext_uris.push(value),
     }

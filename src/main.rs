@@ -27,6 +27,8 @@ fn main() -> Result<()> {
         Some(Command::Run(args)) => runtime.block_on(run(*args)),
         Some(Command::Demo(args)) => runtime.block_on(demo(args)),
         Some(Command::MockRegistry(args)) => runtime.block_on(mock(args)),
+        Some(Command::Check(args)) => runtime.block_on(check(*args)),
+        Some(Command::Healthcheck(args)) => runtime.block_on(healthcheck(args)),
     }
 }
 
@@ -49,15 +51,58 @@ fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
     Ok(())
 }
 
-async fn run(args: RunArgs) -> Result<()> {
-    let cfg = Config::from_sources(&args, std::env::var("EPPMUX_PASSWORD").ok())
-        .context("invalid configuration")?;
-    init_logging(cfg.log_format, &cfg.log_level)?;
-    serve(cfg).await
+fn load(args: &RunArgs) -> Result<Config> {
+    Config::from_sources(args, std::env::var("EPPMUX_PASSWORD").ok())
+        .context("invalid configuration")
 }
 
-/// Runs the proxy until SIGINT/SIGTERM; a second signal exits at once.
-async fn serve(cfg: Config) -> Result<()> {
+async fn run(args: RunArgs) -> Result<()> {
+    let cfg = load(&args)?;
+    if args.print_config {
+        print!("{}", cfg.to_redacted_toml());
+        return Ok(());
+    }
+    init_logging(cfg.log_format, &cfg.log_level)?;
+    serve(cfg, Some(args)).await
+}
+
+/// SIGHUP: read the configuration again and apply what can change without a restart (pool
+/// sizes). An invalid configuration is refused and the running one kept.
+fn reload(args: &RunArgs, running: &Config, proxy: &Proxy) {
+    let new = match load(args) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            return warn!(
+                error = format!("{e:#}"),
+                "SIGHUP: configuration refused; keeping the running one"
+            )
+        }
+    };
+    for acc in &new.accounts {
+        match proxy.pools.iter().find(|p| p.clid() == acc.clid) {
+            Some(pool) => {
+                let stats = pool.stats();
+                if (stats.pool_min, stats.pool_max) != (acc.pool_min, acc.pool_max) {
+                    pool.resize(acc.pool_min, acc.pool_max);
+                }
+            }
+            None => warn!(account = %acc.clid, "SIGHUP: new accounts need a restart"),
+        }
+    }
+    let restart_needed = new.listen != running.listen
+        || new.listen_tls != running.listen_tls
+        || new.admin != running.admin
+        || new.upstream.addr != running.upstream.addr
+        || new.accounts.len() != running.accounts.len();
+    if restart_needed {
+        warn!("SIGHUP: listener, upstream or account changes take effect at the next restart");
+    }
+    info!("SIGHUP: configuration reloaded");
+}
+
+/// Runs the proxy until SIGINT/SIGTERM; a second signal exits at once. With `args`, SIGHUP
+/// reloads the configuration they name.
+async fn serve(cfg: Config, args: Option<RunArgs>) -> Result<()> {
     let shutdown = CancellationToken::new();
     let proxy = Proxy::start(&cfg, shutdown.clone()).await?;
     info!(
@@ -67,7 +112,23 @@ async fn serve(cfg: Config) -> Result<()> {
         accounts = cfg.accounts.len(),
         "eppmux started"
     );
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = wait_for_signal() => break,
+                _ = hup.recv() => match &args {
+                    Some(args) => reload(args, &cfg, &proxy),
+                    None => info!("SIGHUP ignored: nothing to reload"),
+                },
+            }
+        }
+    }
+    #[cfg(not(unix))]
     wait_for_signal().await;
+    let _ = &args;
     info!("shutting down: stopping listeners, logging out of upstream sessions");
     let deadline = cfg.shutdown_timeout;
     tokio::select! {
@@ -230,7 +291,85 @@ async fn demo(args: DemoArgs) -> Result<()> {
         plain = args.listen,
         ca = ca.display(),
     );
-    let res = serve(cfg).await;
+    let res = serve(cfg, None).await;
     registry.shutdown().await;
     res
+}
+
+/// `eppmux check`: one session with the configured registry and account, step by step.
+async fn check(mut args: RunArgs) -> Result<()> {
+    init_logging(LogFormat::Text, "warn")?;
+    // Listeners are irrelevant here; let a configuration without them pass validation.
+    if args.listen.is_none() && args.listen_tls.is_none() && args.config.is_none() {
+        args.listen = Some("127.0.0.1:0".parse()?);
+    }
+    let cfg = load(&args)?;
+    let target = eppmux::upstream::UpstreamTarget::new(&cfg.upstream, cfg.limits.max_frame)
+        .context("TLS configuration for the registry")?;
+    let mut failed = false;
+    for account in &cfg.accounts {
+        println!(
+            "account {} at {} (verifying {})",
+            account.clid, cfg.upstream.addr, cfg.upstream.server_name
+        );
+        let session =
+            match eppmux::upstream::Session::open(&target, account, "eppmux-check-1", |_| {}).await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    println!("  FAILED: {e}");
+                    failed = true;
+                    continue;
+                }
+            };
+        let g = &session.greeting;
+        let t = session.timings;
+        println!("  greeting: svID {:?}, svDate {}", g.sv_id, g.sv_date);
+        println!("    objURIs: {}", g.obj_uris.join(" "));
+        println!(
+            "    extURIs: {}",
+            if g.ext_uris.is_empty() {
+                "-".to_string()
+            } else {
+                g.ext_uris.join(" ")
+            }
+        );
+        println!("  connect   {:>9.3} ms", ms(t.connect));
+        println!("  TLS       {:>9.3} ms", ms(t.tls));
+        println!("  greeting  {:>9.3} ms", ms(t.greeting));
+        println!("  login     {:>9.3} ms  (1000)", ms(t.login));
+        let mut session = session;
+        let started = std::time::Instant::now();
+        match session.keepalive(cfg.upstream.response_timeout).await {
+            Ok(_) => println!("  hello     {:>9.3} ms", ms(started.elapsed())),
+            Err(e) => {
+                println!("  hello FAILED: {e}");
+                failed = true;
+            }
+        }
+        let started = std::time::Instant::now();
+        session
+            .logout("eppmux-check-2", cfg.upstream.step_timeout)
+            .await;
+        println!("  logout    {:>9.3} ms", ms(started.elapsed()));
+    }
+    if failed {
+        anyhow::bail!("check failed");
+    }
+    println!("OK");
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `eppmux healthcheck`: 0 when /readyz answers 200.
+async fn healthcheck(args: eppmux::config::HealthArgs) -> Result<()> {
+    let (status, body) = eppmux::admin::get(args.admin, "/readyz", args.timeout).await?;
+    print!("{body}");
+    if status != 200 {
+        anyhow::bail!("not ready (HTTP {status})");
+    }
+    Ok(())
 }

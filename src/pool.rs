@@ -451,11 +451,10 @@ impl Pool {
             }
             st.waiters.retain(|w| !w.is_closed());
             if st.waiters.len() >= self.inner.settings.queue_max {
-                self.inner
-                    .counters
-                    .exhausted
-                    .fetch_add(1, Ordering::Relaxed);
-                return Err(PoolError::QueueFull(st.waiters.len()));
+                let waiting = st.waiters.len();
+                drop(st);
+                self.inner.count_exhausted();
+                return Err(PoolError::QueueFull(waiting));
             }
             let (tx, rx) = oneshot::channel();
             st.waiters.push_back(tx);

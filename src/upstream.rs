@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
@@ -108,6 +108,18 @@ pub struct Reply {
 pub struct Session {
     framed: Framed<TlsStream<TcpStream>, EppCodec>,
     pub peer: Option<SocketAddr>,
+    /// How long each step of opening took, for `eppmux check`.
+    pub timings: OpenTimings,
+    /// The greeting the session started with.
+    pub greeting: epp::Greeting,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenTimings {
+    pub connect: Duration,
+    pub tls: Duration,
+    pub greeting: Duration,
+    pub login: Duration,
 }
 
 impl Session {
@@ -119,6 +131,14 @@ impl Session {
         on_greeting: impl FnOnce(Bytes),
     ) -> Result<Session, OpenError> {
         let step = target.step_timeout;
+        let mut timings = OpenTimings::default();
+        let mut clock = Instant::now();
+        let mut lap = || {
+            let now = Instant::now();
+            let d = now - clock;
+            clock = now;
+            d
+        };
         let tcp = timeout(step, TcpStream::connect(&target.addr))
             .await
             .map_err(|_| OpenError::Timeout {
@@ -129,6 +149,7 @@ impl Session {
                 addr: target.addr.clone(),
                 source,
             })?;
+        timings.connect = lap();
         // Every frame is one small write followed by a wait for the answer: Nagle only adds delay.
         let _ = tcp.set_nodelay(true);
         let peer = tcp.peer_addr().ok();
@@ -142,6 +163,7 @@ impl Session {
             after: step,
         })?
         .map_err(OpenError::Tls)?;
+        timings.tls = lap();
         let mut framed = Framed::new(tls, EppCodec::new(target.max_frame));
 
         let greeting_frame = read_frame(&mut framed, "greeting", step).await?;
@@ -151,9 +173,16 @@ impl Session {
             Err(e) => return Err(unexpected("greeting", e.to_string())),
         };
         on_greeting(greeting_frame);
+        timings.greeting = lap();
 
-        let obj_uris = account.obj_uris.clone().unwrap_or(greeting.obj_uris);
-        let ext_uris = account.ext_uris.clone().unwrap_or(greeting.ext_uris);
+        let obj_uris = account
+            .obj_uris
+            .clone()
+            .unwrap_or_else(|| greeting.obj_uris.clone());
+        let ext_uris = account
+            .ext_uris
+            .clone()
+            .unwrap_or_else(|| greeting.ext_uris.clone());
         let login = epp::login(
             &account.clid,
             &account.password,
@@ -170,7 +199,15 @@ impl Session {
             })?;
         let answer = read_frame(&mut framed, "login", step).await?;
         match epp::sniff(&answer) {
-            Ok(Message::Response(r)) if r.code == 1000 => Ok(Session { framed, peer }),
+            Ok(Message::Response(r)) if r.code == 1000 => {
+                timings.login = lap();
+                Ok(Session {
+                    framed,
+                    peer,
+                    timings,
+                    greeting,
+                })
+            }
             Ok(Message::Response(r)) => Err(OpenError::LoginRefused {
                 code: r.code,
                 msg: r.msg,
