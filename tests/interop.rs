@@ -132,3 +132,93 @@ async fn epplib_style_transport_over_tls() {
     assert!(!h.mock.domain_exists("epplib.gov"));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_epptools_over_tls() {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import epptools"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "the Python package epptools is missing: run scripts/install-test-deps.sh"
+    );
+    let h = Harness::start(MockConfig::default(), |cfg| cfg.accounts[0].pool_max = 1).await;
+    let port = h.proxy.tls_addr.unwrap().port();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/epptools_client.py"
+    );
+    let out = Command::new("python3")
+        .arg(script)
+        .args([
+            "localhost",
+            &port.to_string(),
+            cert("ca.pem").to_str().unwrap(),
+            CLID,
+            PASSWORD,
+            "epptools.gov",
+        ])
+        .output()
+        .await
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "epptools failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in [
+        "greeting", "login", "check", "create", "info", "delete", "logout",
+    ] {
+        assert!(
+            stdout.contains(&format!("OK {step}")),
+            "step {step} missing:\n{stdout}"
+        );
+    }
+    assert!(!h.mock.domain_exists("epptools.gov"));
+    h.stop().await;
+}
+
+/// `openssl s_client` fed pre-framed example files by scripts/epp-send.sh, as the README shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_s_client_with_the_example_frames() {
+    let h = Harness::start(MockConfig::default(), |_| {}).await;
+    let port = h.proxy.tls_addr.unwrap().port();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(format!("{root}/scripts/epp-send.sh"))
+        .arg(format!("localhost:{port}"))
+        .args(
+            ["login", "check", "create", "info", "delete", "logout"]
+                .map(|n| format!("{root}/examples/{n}.xml")),
+        )
+        .output()
+        .await
+        .expect("run scripts/epp-send.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "epp-send.sh failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("<greeting>"), "{stdout}");
+    for (cltrid, code) in [
+        ("EXAMPLE-LOGIN-1", 1000),
+        ("EXAMPLE-CHECK-1", 1000),
+        ("EXAMPLE-CREATE-1", 1000),
+        ("EXAMPLE-INFO-1", 1000),
+        ("EXAMPLE-DELETE-1", 1000),
+        ("EXAMPLE-LOGOUT-1", 1500),
+    ] {
+        let frame = stdout
+            .split("-- frame")
+            .find(|f| f.contains(cltrid))
+            .unwrap_or_else(|| panic!("no answer for {cltrid}:\n{stdout}"));
+        assert!(
+            frame.contains(&format!("result code=\"{code}\"")),
+            "{cltrid}: {frame}"
+        );
+    }
+    h.stop().await;
+}
