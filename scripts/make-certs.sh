@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes the EXAMPLE certificates in certs-example/: a private CA, a server certificate for
-# localhost/127.0.0.1/::1 (used by eppmux's local TLS listener and by the mock registry), and a
+# localhost, 127.0.0.1, ::1 and the docker-compose service names eppmux and registry (used by
+# eppmux's local TLS listener and by the mock registry), and a
 # client certificate (used by eppmux towards the registry, and by local clients when local mTLS is on).
 # These keys are public (they are in the repository): use them for demos and tests only.
 #
@@ -32,7 +33,7 @@ issue server "/O=eppmux example/CN=localhost" \
 "basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature
 extendedKeyUsage=serverAuth
-subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"
+subjectAltName=DNS:localhost,DNS:eppmux,DNS:registry,IP:127.0.0.1,IP:::1"
 
 issue client "/O=eppmux example/CN=registrar1" \
 "basicConstraints=critical,CA:FALSE
