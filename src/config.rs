@@ -908,6 +908,54 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid_and_names_every_option() {
+        use clap::CommandFactory;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(root.join("eppmux.example.toml")).unwrap();
+        // Every option a file can hold appears in the example, at least as a comment.
+        let cli = Cli::command();
+        for arg in cli.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if [
+                "config",
+                "print-config",
+                "clid",
+                "password-file",
+                "pool-min",
+                "pool-max",
+                "help",
+                "version",
+            ]
+            .contains(&long)
+            {
+                continue;
+            }
+            let key = long.replace('-', "_");
+            assert!(
+                text.contains(&format!("{key} =")),
+                "eppmux.example.toml lacks `{key}`"
+            );
+        }
+        // And it parses, once its password file is a real one.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "x\n").unwrap();
+        let text = text.replace(
+            "/run/secrets/registrar1",
+            &dir.path().join("pw").display().to_string(),
+        );
+        let path = dir.path().join("eppmux.toml");
+        std::fs::write(&path, text).unwrap();
+        let args = RunArgs {
+            config: Some(path),
+            ..RunArgs::default()
+        };
+        let cfg = Config::from_sources(&args, None).unwrap();
+        assert_eq!(cfg.accounts[0].clid, "registrar1");
+        assert_eq!(cfg.queue_wait, Duration::from_secs(2));
+        assert_eq!(cfg.accounts[0].lifecycle.keepalive, Some(DEFAULT_KEEPALIVE));
+    }
+
+    #[test]
     fn file_with_accounts_and_relative_paths() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pw2"), "second\n").unwrap();
