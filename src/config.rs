@@ -236,9 +236,12 @@ pub struct MockArgs {
         default_value = "registrar1:s3cret-Pw"
     )]
     pub accounts: Vec<String>,
-    /// Simulated processing time of each command.
+    /// Simulated processing time of each command (serial per session).
     #[arg(long, default_value = "0ms", value_parser = parse_duration)]
     pub latency: Duration,
+    /// Simulated network round trip: half on every frame each way, two before the greeting.
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    pub rtt: Duration,
     /// Sessions allowed per clID; a login beyond it gets 2502 and a close.
     #[arg(long, default_value_t = 100)]
     pub session_cap: usize,

@@ -177,6 +177,7 @@ async fn mock(args: MockArgs) -> Result<()> {
     let cfg = MockConfig {
         accounts,
         latency: args.latency,
+        rtt: args.rtt,
         session_cap: args.session_cap,
         idle_timeout: args.idle_timeout,
         ..MockConfig::default()

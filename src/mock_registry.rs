@@ -24,10 +24,10 @@ use quick_xml::name::{Namespace, ResolveResult};
 use quick_xml::NsReader;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
-use tokio::time::{sleep, timeout};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::codec::Framed;
+use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -44,6 +44,9 @@ pub struct MockConfig {
     pub accounts: HashMap<String, String>,
     /// Processing time of each command, serial per session.
     pub latency: Duration,
+    /// Network round trip: every frame takes half of it each way, and opening a connection
+    /// (TCP, then TLS) takes two of it before the greeting leaves.
+    pub rtt: Duration,
     /// Logged-in sessions allowed per clID.
     pub session_cap: usize,
     /// A session idle this long is closed by the registry (or forgotten, see `idle_forget`).
@@ -60,6 +63,7 @@ impl Default for MockConfig {
         Self {
             accounts: HashMap::from([("registrar1".to_string(), "s3cret-Pw".to_string())]),
             latency: Duration::ZERO,
+            rtt: Duration::ZERO,
             session_cap: 100,
             idle_timeout: Duration::from_secs(3600),
             idle_forget: false,
@@ -390,7 +394,16 @@ async fn accept_loop(
         let span = info_span!("mock", conn = id, %peer);
         tasks.spawn(
             async move {
-                match acceptor.accept(tcp).await {
+                // The TCP handshake's round trip, then the TLS handshake's.
+                let rtt = shared.cfg.rtt;
+                if !rtt.is_zero() {
+                    sleep(rtt).await;
+                }
+                let accepted = acceptor.accept(tcp).await;
+                if !rtt.is_zero() {
+                    sleep(rtt).await;
+                }
+                match accepted {
                     Ok(tls) => serve_session(tls, id, shared, shutdown).await,
                     Err(e) => info!(error = %e, "mock registry: TLS handshake refused"),
                 }
@@ -415,16 +428,73 @@ struct Session {
     forgotten: bool,
 }
 
-async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
+/// What the session sends, through the network model.
+enum Out {
+    Frame(Bytes),
+    /// Bytes written as they are (for faults that break framing).
+    Raw(Vec<u8>),
+}
+
+/// One registry session. Three tasks model the network: a reader stamps each frame with the time
+/// it would arrive (now + RTT/2), the session itself processes frames in order (each taking the
+/// processing time), and a writer sends each answer RTT/2 after it was made. With an RTT of zero
+/// this is a plain read-process-write loop; with one, pipelined commands overlap in flight the
+/// way they do on a real network.
+async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
     id: u64,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let mut framed = Framed::new(stream, EppCodec::new(shared.cfg.max_frame));
-    if framed.send(greeting()).await.is_err() {
-        return;
-    }
+    let half_rtt = shared.cfg.rtt / 2;
+    let codec = EppCodec::new(shared.cfg.max_frame);
+    let (rd, wr) = tokio::io::split(stream);
+    let mut reader = FramedRead::new(rd, codec.clone());
+    let mut writer = FramedWrite::new(wr, codec);
+    let done = CancellationToken::new();
+
+    let (in_tx, mut inbox) = mpsc::unbounded_channel::<(Instant, Bytes)>();
+    let reading = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    n = reader.next() => n,
+                    _ = done.cancelled() => break,
+                };
+                match next {
+                    Some(Ok(frame)) => {
+                        if in_tx.send((Instant::now() + half_rtt, frame)).is_err() {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        })
+    };
+    let (out, mut outbox) = mpsc::unbounded_channel::<(Instant, Out)>();
+    let writing = tokio::spawn(async move {
+        while let Some((at, item)) = outbox.recv().await {
+            sleep_until(at).await;
+            let ok = match item {
+                Out::Frame(frame) => writer.send(frame).await.is_ok(),
+                Out::Raw(bytes) => {
+                    let io = writer.get_mut();
+                    io.write_all(&bytes).await.is_ok() && io.flush().await.is_ok()
+                }
+            };
+            if !ok {
+                break;
+            }
+        }
+        let _ = timeout(Duration::from_secs(1), writer.close()).await;
+    });
+    let send = |item: Out| {
+        let _ = out.send((Instant::now() + half_rtt, item));
+    };
+
+    send(Out::Frame(greeting()));
     let mut session = Session {
         id,
         clid: None,
@@ -438,7 +508,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
             shared.cfg.idle_timeout
         };
         let next = tokio::select! {
-            n = timeout(idle, framed.next()) => n,
+            n = timeout(idle, inbox.recv()) => n,
             _ = shutdown.cancelled() => break,
         };
         let frame = match next {
@@ -452,8 +522,11 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 info!("mock registry: closing idle session");
                 break;
             }
-            Ok(None) | Ok(Some(Err(_))) => break,
-            Ok(Some(Ok(frame))) => frame,
+            Ok(None) => break,
+            Ok(Some((arrives, frame))) => {
+                sleep_until(arrives).await;
+                frame
+            }
         };
         if !shared.cfg.latency.is_zero() {
             sleep(shared.cfg.latency).await;
@@ -474,13 +547,12 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                     Ok(Message::Command(c)) => c.cltrid.clone(),
                     _ => None,
                 };
-                let answer = epp::response(
+                send(Out::Frame(epp::response(
                     2500,
                     "Command failed; server closing connection",
                     cltrid.as_deref(),
                     &shared.svtrid(),
-                );
-                let _ = framed.send(answer).await;
+                )));
                 break;
             }
             _ => {}
@@ -494,46 +566,49 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
         shared.bump(&shared.stats.commands);
         match fault {
             Some(Fault::DropAfterExecute) => break,
-            Some(Fault::OversizeResponse) => {
-                let io = framed.get_mut();
-                let _ = io.write_all(&(64u32 << 20).to_be_bytes()).await;
-                let _ = io.write_all(&response).await;
-                let _ = io.flush().await;
-                let _ = framed.next().await;
-                break;
-            }
-            Some(Fault::MalformedResponse) => {
-                let garbage = Bytes::from_static(b"<epp xmlns=\"urn:ietf:params:xml:ns:epp-1.0\"><response><result code=\"1000\">");
-                if framed.send(garbage).await.is_err() {
-                    break;
-                }
-                continue;
-            }
-            Some(Fault::StallMidFrame) => {
-                let wire = encode_frame(&response);
-                let io = framed.get_mut();
-                let _ = io.write_all(&wire[..wire.len() / 2]).await;
-                let _ = io.flush().await;
+            Some(Fault::OversizeResponse) | Some(Fault::StallMidFrame) => {
+                let raw = if fault == Some(Fault::OversizeResponse) {
+                    let mut raw = (64u32 << 20).to_be_bytes().to_vec();
+                    raw.extend_from_slice(&response);
+                    raw
+                } else {
+                    let wire = encode_frame(&response);
+                    wire[..wire.len() / 2].to_vec()
+                };
+                send(Out::Raw(raw));
                 // Silent until the peer gives up or the registry stops.
                 tokio::select! {
-                    _ = framed.next() => {}
+                    _ = async { while inbox.recv().await.is_some() {} } => {}
                     _ = shutdown.cancelled() => {}
                 }
                 break;
             }
+            Some(Fault::MalformedResponse) => {
+                send(Out::Frame(Bytes::from_static(
+                    b"<epp xmlns=\"urn:ietf:params:xml:ns:epp-1.0\"><response><result code=\"1000\">",
+                )));
+                continue;
+            }
             _ => {}
         }
-        if framed.send(response).await.is_err() || after == After::Close {
+        send(Out::Frame(response));
+        if after == After::Close {
             break;
         }
         if fault == Some(Fault::Unsolicited) {
-            let extra = epp::response(1000, "Unsolicited", None, &shared.svtrid());
-            if framed.send(extra).await.is_err() {
-                break;
-            }
+            send(Out::Frame(epp::response(
+                1000,
+                "Unsolicited",
+                None,
+                &shared.svtrid(),
+            )));
         }
     }
-    let _ = timeout(Duration::from_secs(1), framed.close()).await;
+    // Let the writer finish what was sent (and close with close_notify), then stop reading.
+    drop(out);
+    let _ = writing.await;
+    done.cancel();
+    let _ = reading.await;
     if let Some(clid) = session.clid {
         if let Some(n) = shared.state().sessions.get_mut(&clid) {
             *n = n.saturating_sub(1);
