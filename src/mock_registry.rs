@@ -428,6 +428,14 @@ struct Session {
     forgotten: bool,
 }
 
+/// `sleep_until`, except that a moment already past costs nothing: tokio's timer has millisecond
+/// ticks, so even a zero sleep would add up to a millisecond per frame with no RTT configured.
+async fn delay_until(at: Instant) {
+    if at > Instant::now() {
+        sleep_until(at).await;
+    }
+}
+
 /// What the session sends, through the network model.
 enum Out {
     Frame(Bytes),
@@ -476,7 +484,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let (out, mut outbox) = mpsc::unbounded_channel::<(Instant, Out)>();
     let writing = tokio::spawn(async move {
         while let Some((at, item)) = outbox.recv().await {
-            sleep_until(at).await;
+            delay_until(at).await;
             let ok = match item {
                 Out::Frame(frame) => writer.send(frame).await.is_ok(),
                 Out::Raw(bytes) => {
@@ -524,7 +532,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             }
             Ok(None) => break,
             Ok(Some((arrives, frame))) => {
-                sleep_until(arrives).await;
+                delay_until(arrives).await;
                 frame
             }
         };
