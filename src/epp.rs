@@ -130,8 +130,9 @@ pub fn sniff(frame: &[u8]) -> Result<Message, SniffError> {
     // (`a &amp; b`); captured values are trimmed whole instead (EPP's values are XML tokens).
     let mut reader = NsReader::from_str(text);
 
-    // Path of (is-EPP-namespace, local name) from the root down to the current element.
-    let mut path: Vec<(bool, String)> = Vec::with_capacity(8);
+    // Path of (is-EPP-namespace, which element) from the root down to the current element. Only
+    // the handful of names routing looks at are told apart, so nothing is allocated per element.
+    let mut path: Vec<(bool, Tag)> = Vec::with_capacity(16);
     let mut kind: Option<&'static str> = None;
     let mut cmd = Command::default();
     let mut resp = Response::default();
@@ -145,21 +146,19 @@ pub fn sniff(frame: &[u8]) -> Result<Message, SniffError> {
             .read_resolved_event()
             .map_err(|e| SniffError::Malformed(e.to_string()))?;
         let is_epp = matches!(ns, ResolveResult::Bound(Namespace(n)) if n == EPP_NS.as_bytes());
-        let object_ns = match ns {
-            ResolveResult::Bound(Namespace(n)) => Some(short_object_name(n)),
-            _ => None,
-        };
         match event {
             Event::Start(ref e) | Event::Empty(ref e) => {
                 let empty = matches!(event, Event::Empty(_));
-                let local = local_name(e)?;
+                let local_bytes = e.local_name();
+                let local =
+                    std::str::from_utf8(local_bytes.as_ref()).map_err(|_| SniffError::NotUtf8)?;
                 let depth = path.len();
                 if depth >= MAX_DEPTH {
                     return Err(SniffError::TooDeep);
                 }
-                let parent = path.last().map(|(epp, n)| (*epp, n.as_str()));
+                let parent = path.last().map(|(epp, t)| (*epp, t.name()));
                 let grand = if depth >= 2 {
-                    path.get(depth - 2).map(|(epp, n)| (*epp, n.as_str()))
+                    path.get(depth - 2).map(|(epp, t)| (*epp, t.name()))
                 } else {
                     None
                 };
@@ -167,7 +166,7 @@ pub fn sniff(frame: &[u8]) -> Result<Message, SniffError> {
                     (0, _) if !(is_epp && local == "epp") => return Err(SniffError::NotEpp),
                     (0, _) => {}
                     (1, _) => {
-                        let k = match (is_epp, local.as_str()) {
+                        let k = match (is_epp, local) {
                             (true, "hello") => "hello",
                             (true, "greeting") => "greeting",
                             (true, "command") => "command",
@@ -186,7 +185,7 @@ pub fn sniff(frame: &[u8]) -> Result<Message, SniffError> {
                             return Err(SniffError::Several);
                         }
                     }
-                    (2, Some((true, "command"))) if is_epp => match local.as_str() {
+                    (2, Some((true, "command"))) if is_epp => match local {
                         "clTRID" => capture = Some((Field::ClTrid, String::new())),
                         "extension" => {}
                         verb => {
@@ -199,14 +198,16 @@ pub fn sniff(frame: &[u8]) -> Result<Message, SniffError> {
                     },
                     (3, Some((true, verb))) if grand == Some((true, "command")) => {
                         if verb == "login" && is_epp {
-                            match local.as_str() {
+                            match local {
                                 "clID" => capture = Some((Field::ClId, String::new())),
                                 "pw" => capture = Some((Field::Pw, String::new())),
                                 "newPW" => new_pw = true,
                                 _ => {}
                             }
                         } else if cmd.object.is_none() && !is_epp {
-                            cmd.object = object_ns.clone();
+                            if let ResolveResult::Bound(Namespace(n)) = ns {
+                                cmd.object = Some(short_object_name(n));
+                            }
                         }
                     }
                     (2, Some((true, "response")))
@@ -244,7 +245,14 @@ pub fn sniff(frame: &[u8]) -> Result<Message, SniffError> {
                         store(field, value, &mut cmd, &mut resp, &mut greeting);
                     }
                 } else {
-                    path.push((is_epp, local));
+                    let tag = match (depth, parent) {
+                        // The verb under <command> is kept as "the verb": its children are matched
+                        // on whether it is <login>.
+                        (2, Some((true, "command"))) if is_epp && local == "login" => Tag::Login,
+                        (2, Some((true, "command"))) => Tag::Verb,
+                        _ => Tag::of(local),
+                    };
+                    path.push((is_epp, tag));
                 }
             }
             Event::End(_) => {
@@ -354,6 +362,55 @@ pub fn salvage_cltrid(frame: &[u8]) -> Option<String> {
     }
 }
 
+/// The elements whose children the sniffer looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Epp,
+    Command,
+    Response,
+    Greeting,
+    Result,
+    TrId,
+    SvcMenu,
+    SvcExtension,
+    Login,
+    Verb,
+    Other,
+}
+
+impl Tag {
+    fn of(local: &str) -> Tag {
+        match local {
+            "epp" => Tag::Epp,
+            "command" => Tag::Command,
+            "response" => Tag::Response,
+            "greeting" => Tag::Greeting,
+            "result" => Tag::Result,
+            "trID" => Tag::TrId,
+            "svcMenu" => Tag::SvcMenu,
+            "svcExtension" => Tag::SvcExtension,
+            _ => Tag::Other,
+        }
+    }
+
+    /// The name the matching in [`sniff`] compares against.
+    fn name(self) -> &'static str {
+        match self {
+            Tag::Epp => "epp",
+            Tag::Command => "command",
+            Tag::Response => "response",
+            Tag::Greeting => "greeting",
+            Tag::Result => "result",
+            Tag::TrId => "trID",
+            Tag::SvcMenu => "svcMenu",
+            Tag::SvcExtension => "svcExtension",
+            Tag::Login => "login",
+            Tag::Verb => "verb",
+            Tag::Other => "",
+        }
+    }
+}
+
 fn store(field: Field, value: String, cmd: &mut Command, resp: &mut Response, g: &mut Greeting) {
     let value = match value.trim() {
         trimmed if trimmed.len() == value.len() => value,
@@ -373,12 +430,6 @@ fn store(field: Field, value: String, cmd: &mut Command, resp: &mut Response, g:
         Field::ObjUri => g.obj_uris.push(value),
         Field::ExtUri => g.ext_uris.push(value),
     }
-}
-
-fn local_name(e: &BytesStart<'_>) -> Result<String, SniffError> {
-    std::str::from_utf8(e.local_name().as_ref())
-        .map(str::to_owned)
-        .map_err(|_| SniffError::NotUtf8)
 }
 
 fn attribute(e: &BytesStart<'_>, name: &[u8]) -> Result<Option<String>, SniffError> {

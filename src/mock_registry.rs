@@ -498,11 +498,14 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
         let _ = timeout(Duration::from_secs(1), writer.close()).await;
     });
-    let send = |item: Out| {
-        let _ = out.send((Instant::now() + half_rtt, item));
+    // When the answer being made counts as made: the end of the (virtual) processing of the
+    // current frame. Answers leave RTT/2 after it.
+    let mut made = Instant::now();
+    let send = |made: Instant, item: Out| {
+        let _ = out.send((made.max(Instant::now()) + half_rtt, item));
     };
 
-    send(Out::Frame(greeting()));
+    send(made, Out::Frame(greeting()));
     let mut session = Session {
         id,
         clid: None,
@@ -532,13 +535,17 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             }
             Ok(None) => break,
             Ok(Some((arrives, frame))) => {
-                delay_until(arrives).await;
+                // Processing is serial: it starts when the frame has arrived and the previous
+                // one is done, and takes the processing time. Only a non-zero processing time is
+                // waited out here; otherwise the writer's single wait covers the whole round
+                // trip (each timer wait costs up to a millisecond tick).
+                made = arrives.max(Instant::now()) + shared.cfg.latency;
+                if !shared.cfg.latency.is_zero() {
+                    delay_until(made).await;
+                }
                 frame
             }
         };
-        if !shared.cfg.latency.is_zero() {
-            sleep(shared.cfg.latency).await;
-        }
         let sniffed = epp::sniff(&frame);
         let fault = match &sniffed {
             Ok(Message::Command(c)) if session.clid.is_some() && c.verb != "logout" => {
@@ -555,12 +562,15 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                     Ok(Message::Command(c)) => c.cltrid.clone(),
                     _ => None,
                 };
-                send(Out::Frame(epp::response(
-                    2500,
-                    "Command failed; server closing connection",
-                    cltrid.as_deref(),
-                    &shared.svtrid(),
-                )));
+                send(
+                    made,
+                    Out::Frame(epp::response(
+                        2500,
+                        "Command failed; server closing connection",
+                        cltrid.as_deref(),
+                        &shared.svtrid(),
+                    )),
+                );
                 break;
             }
             _ => {}
@@ -583,7 +593,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                     let wire = encode_frame(&response);
                     wire[..wire.len() / 2].to_vec()
                 };
-                send(Out::Raw(raw));
+                send(made, Out::Raw(raw));
                 // Silent until the peer gives up or the registry stops.
                 tokio::select! {
                     _ = async { while inbox.recv().await.is_some() {} } => {}
@@ -592,24 +602,22 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 break;
             }
             Some(Fault::MalformedResponse) => {
-                send(Out::Frame(Bytes::from_static(
+                send(made, Out::Frame(Bytes::from_static(
                     b"<epp xmlns=\"urn:ietf:params:xml:ns:epp-1.0\"><response><result code=\"1000\">",
                 )));
                 continue;
             }
             _ => {}
         }
-        send(Out::Frame(response));
+        send(made, Out::Frame(response));
         if after == After::Close {
             break;
         }
         if fault == Some(Fault::Unsolicited) {
-            send(Out::Frame(epp::response(
-                1000,
-                "Unsolicited",
-                None,
-                &shared.svtrid(),
-            )));
+            send(
+                made,
+                Out::Frame(epp::response(1000, "Unsolicited", None, &shared.svtrid())),
+            );
         }
     }
     // Let the writer finish what was sent (and close with close_notify), then stop reading.
