@@ -134,6 +134,9 @@ pub struct RunArgs {
     /// Retire upstream sessions after this many commands [default: never].
     #[arg(long, env = "EPPMUX_MAX_SESSION_COMMANDS", value_name = "N")]
     pub max_session_commands: Option<u64>,
+    /// Commands in flight at once on one upstream session (RFC 5734 §3 pipelining) [default: 1].
+    #[arg(long, env = "EPPMUX_PIPELINE_DEPTH", value_name = "N")]
+    pub pipeline_depth: Option<usize>,
     /// Most commands waiting for a free session per account; more get 2400 at once [default: 1000].
     #[arg(long, env = "EPPMUX_QUEUE_MAX", value_name = "N")]
     pub queue_max: Option<usize>,
@@ -298,6 +301,7 @@ struct FileConfig {
     keepalive: Option<String>,
     max_session_age: Option<String>,
     max_session_commands: Option<u64>,
+    pipeline_depth: Option<usize>,
     queue_max: Option<usize>,
     session_limit_hold: Option<String>,
     shutdown_timeout: Option<String>,
@@ -327,6 +331,7 @@ struct FileAccount {
     keepalive: Option<String>,
     max_session_age: Option<String>,
     max_session_commands: Option<u64>,
+    pipeline_depth: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -407,6 +412,8 @@ pub struct SessionLifecycle {
     #[serde(serialize_with = "ser_opt_duration")]
     pub max_age: Option<Duration>,
     pub max_commands: Option<u64>,
+    /// Commands in flight at once on one session; 1 = no pipelining.
+    pub pipeline_depth: usize,
 }
 
 impl Default for SessionLifecycle {
@@ -415,6 +422,7 @@ impl Default for SessionLifecycle {
             keepalive: Some(DEFAULT_KEEPALIVE),
             max_age: None,
             max_commands: None,
+            pipeline_depth: 1,
         }
     }
 }
@@ -608,6 +616,7 @@ impl Config {
                 (None, None) => None,
             },
             max_commands: args.max_session_commands.or(file.max_session_commands),
+            pipeline_depth: args.pipeline_depth.or(file.pipeline_depth).unwrap_or(1),
         };
         let mut accounts = Vec::new();
         for acc in file.accounts {
@@ -622,6 +631,9 @@ impl Config {
             }
             if acc.max_session_commands.is_some() {
                 own.max_commands = acc.max_session_commands;
+            }
+            if let Some(depth) = acc.pipeline_depth {
+                own.pipeline_depth = depth;
             }
             let password = match (acc.password, rel(acc.password_file)) {
                 (Some(_), Some(_)) => {
@@ -718,6 +730,12 @@ impl Config {
                 return Err(invalid(
                     "max_session_commands",
                     format!("account {}: session limits must be above zero", acc.clid),
+                ));
+            }
+            if !(1..=64).contains(&acc.lifecycle.pipeline_depth) {
+                return Err(invalid(
+                    "pipeline_depth",
+                    format!("account {}: must be between 1 and 64", acc.clid),
                 ));
             }
             if accounts[..i].iter().any(|a| a.clid == acc.clid) {

@@ -171,6 +171,8 @@ pub struct MockStats {
     pub commands: AtomicUsize,
     pub hellos: AtomicUsize,
     pub idle_timeouts: AtomicUsize,
+    /// Most commands one session had received and not yet answered (pipelining depth seen).
+    pub peak_in_flight: AtomicUsize,
 }
 
 struct Shared {
@@ -462,8 +464,12 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let done = CancellationToken::new();
 
     let (in_tx, mut inbox) = mpsc::unbounded_channel::<(Instant, Bytes)>();
+    // Received and not yet answered, for the pipelining statistics.
+    let unanswered = Arc::new(AtomicUsize::new(0));
     let reading = {
         let done = done.clone();
+        let unanswered = unanswered.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -472,6 +478,10 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 };
                 match next {
                     Some(Ok(frame)) => {
+                        let n = unanswered.fetch_add(1, Ordering::Relaxed) + 1;
+                        if shared.stats.peak_in_flight.fetch_max(n, Ordering::Relaxed) < n {
+                            shared.changed.send_replace(());
+                        }
                         if in_tx.send((Instant::now() + half_rtt, frame)).is_err() {
                             break;
                         }
@@ -610,6 +620,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             _ => {}
         }
         send(made, Out::Frame(response));
+        unanswered.fetch_sub(1, Ordering::Relaxed);
         if after == After::Close {
             break;
         }

@@ -15,7 +15,7 @@
 //! response was lost is never replayed; the caller gets [`PoolError::Lost`].
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -29,7 +29,9 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 use crate::config::AccountConfig;
 use crate::epp;
 use crate::metrics::{self, Metrics, ResultLabel, RetryLabel};
-use crate::upstream::{ExchangeError, Reply, Session, UpstreamTarget};
+use crate::upstream::{
+    as_response, describe_unsolicited, ExchangeError, Reply, Session, UpstreamTarget,
+};
 
 /// Attempts for one command: hand-offs of commands that never left, re-sends after "not logged
 /// in", and re-sends of lost queries all count.
@@ -86,6 +88,8 @@ struct SessionHandle {
 struct SessionInfo {
     born: Instant,
     served: Arc<AtomicU64>,
+    /// Commands written and not yet answered.
+    in_flight: Arc<AtomicUsize>,
     /// Cancelled to make the session retire after its current command.
     retire: CancellationToken,
 }
@@ -173,6 +177,7 @@ struct Inner {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolStats {
     pub live: usize,
+    /// Logged-in sessions with nothing in flight.
     pub idle: usize,
     pub connecting: usize,
     pub waiting: usize,
@@ -235,7 +240,11 @@ impl Pool {
         let effective_max = self.inner.effective_max(&mut st);
         PoolStats {
             live: st.live,
-            idle: st.idle.len(),
+            idle: st
+                .sessions
+                .values()
+                .filter(|s| s.in_flight.load(Ordering::Relaxed) == 0)
+                .count(),
             connecting: st.connecting,
             waiting: st.waiters.iter().filter(|w| !w.is_closed()).count(),
             effective_max,
@@ -260,6 +269,7 @@ impl Pool {
                     "id": id,
                     "age_seconds": info.born.elapsed().as_secs(),
                     "commands": info.served.load(Ordering::Relaxed),
+                    "in_flight": info.in_flight.load(Ordering::Relaxed),
                 })
             })
             .collect();
@@ -302,7 +312,12 @@ impl Pool {
             st.min = min;
             st.max = max;
             let excess = st.live.saturating_sub(max);
-            let idle: Vec<u64> = st.idle.iter().map(|h| h.id).collect();
+            let idle: Vec<u64> = st
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.in_flight.load(Ordering::Relaxed) == 0)
+                .map(|(id, _)| *id)
+                .collect();
             let mut victims: Vec<u64> = idle.into_iter().take(excess).collect();
             let mut others: Vec<u64> = st
                 .sessions
@@ -661,7 +676,8 @@ impl Inner {
         self.maintain();
     }
 
-    fn on_ready(self: &Arc<Self>, handle: SessionHandle, info: SessionInfo) {
+    /// A session logged in; it offers `slots` places for commands (its pipeline depth).
+    fn on_ready(self: &Arc<Self>, handle: SessionHandle, slots: usize, info: SessionInfo) {
         self.counters
             .sessions_opened
             .fetch_add(1, Ordering::Relaxed);
@@ -679,7 +695,9 @@ impl Inner {
         if first {
             info!(account = %self.account.clid, "account ready: an upstream session is logged in");
         }
-        self.release(handle);
+        for _ in 0..slots {
+            self.release(handle.clone());
+        }
         self.changed.send_replace(());
     }
 
@@ -719,6 +737,26 @@ fn backoff_ceiling(failures: u32) -> Duration {
     (Duration::from_millis(100) * 2u32.pow(exp)).min(MAX_BACKOFF)
 }
 
+/// A command written on a session and not yet answered.
+struct InFlight {
+    reply: oneshot::Sender<Result<Reply, JobError>>,
+    cltrid: Option<String>,
+    /// When its answer is overdue.
+    due: Instant,
+}
+
+/// The session is over with these commands written and unanswered: each may have run. The
+/// caller re-sends queries and refuses to replay transforms.
+fn fail_in_flight(in_flight: &mut VecDeque<InFlight>, why: &str) {
+    for f in in_flight.drain(..) {
+        let _ = f
+            .reply
+            .send(Err(JobError::Exchange(ExchangeError::Lost(format!(
+                "session ended with the command in flight: {why}"
+            )))));
+    }
+}
+
 /// How a session's life ended.
 enum End {
     Shutdown,
@@ -753,70 +791,115 @@ async fn run_session(pool: Arc<Inner>, id: u64, delay: Duration) {
     };
     info!(peer = ?session.peer, "upstream session logged in");
 
-    let (tx, mut rx) = mpsc::channel::<Job>(1);
+    let lifecycle = pool.account.lifecycle;
+    let depth = lifecycle.pipeline_depth.max(1);
+    let (tx, mut rx) = mpsc::channel::<Job>(depth);
     let handle = SessionHandle { id, jobs: tx };
     let born = Instant::now();
     let served_counter = Arc::new(AtomicU64::new(0));
+    let in_flight_gauge = Arc::new(AtomicUsize::new(0));
     let retire = CancellationToken::new();
     pool.on_ready(
         handle.clone(),
+        depth,
         SessionInfo {
             born,
             served: served_counter.clone(),
+            in_flight: in_flight_gauge.clone(),
             retire: retire.clone(),
         },
     );
     let wait = pool.target.response_timeout;
-    let lifecycle = pool.account.lifecycle;
     let far = born + Duration::from_secs(100 * 365 * 86_400);
     let mut last_used = born;
     let mut served = 0u64;
+    // Commands written and not yet answered, oldest first: the registry answers in order.
+    let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(depth);
+    // Set when the session should end once nothing is in flight.
+    let mut retiring: Option<&'static str> = None;
     let end = loop {
+        in_flight_gauge.store(in_flight.len(), Ordering::Relaxed);
+        let idle = in_flight.is_empty();
+        if idle {
+            if let Some(why) = retiring {
+                break End::Retire(why);
+            }
+        }
         let keepalive_at = lifecycle.keepalive.map_or(far, |k| last_used + k);
         let retire_at = lifecycle.max_age.map_or(far, |a| born + a);
+        let answer_due = in_flight.front().map_or(far, |f| f.due);
+        let taking = in_flight.len() < depth && retiring.is_none() && !pool.shutdown.is_cancelled();
         tokio::select! {
             biased;
-            _ = pool.shutdown.cancelled() => break End::Shutdown,
-            // Before taking a job: whatever the registry sent unasked ends the session.
-            why = session.unsolicited() => break End::Dead(why),
-            job = rx.recv() => {
-                // We hold a sender ourselves, so the channel cannot close under us.
-                let Some(job) = job else { break End::Shutdown };
-                served += 1;
-                served_counter.store(served, Ordering::Relaxed);
-                let result = session.exchange(job.frame, job.cltrid.as_deref(), wait).await;
+            // Shutdown waits for what is in flight (each answer within the response timeout).
+            _ = pool.shutdown.cancelled(), if idle => break End::Shutdown,
+            next = session.read_frame() => {
+                // Nothing asked: whatever the registry sends ends the session.
+                let Some(front) = in_flight.pop_front() else {
+                    break End::Dead(describe_unsolicited(next));
+                };
                 last_used = Instant::now();
-                match result {
+                match as_response(next, front.cltrid.as_deref()) {
                     Ok(reply) if epp::is_not_logged_in(reply.code, &reply.msg) => {
                         let why = format!("registry answered {} {:?}: it has forgotten this session", reply.code, reply.msg);
-                        let _ = job.reply.send(Err(JobError::NotExecuted(why.clone())));
+                        let _ = front.reply.send(Err(JobError::NotExecuted(why.clone())));
+                        fail_in_flight(&mut in_flight, &why);
                         break End::Dead(why);
                     }
                     Ok(reply) if epp::is_closing(reply.code) => {
                         // A definite answer for the command (it failed); the session is over.
                         let why = format!("registry closed the session with {} {:?}", reply.code, reply.msg);
-                        let _ = job.reply.send(Ok(reply));
+                        let _ = front.reply.send(Ok(reply));
+                        fail_in_flight(&mut in_flight, &why);
                         break End::Dead(why);
                     }
                     Ok(reply) => {
-                        let _ = job.reply.send(Ok(reply));
+                        let _ = front.reply.send(Ok(reply));
+                        served += 1;
+                        served_counter.store(served, Ordering::Relaxed);
                         if lifecycle.max_commands.is_some_and(|max| served >= max) {
-                            break End::Retire("served its maximum number of commands");
+                            retiring = Some("served its maximum number of commands");
+                        } else {
+                            pool.release(handle.clone());
                         }
-                        pool.release(handle.clone());
-                    }
-                    Err(ExchangeError::Unsent(why)) => {
-                        let _ = job.reply.send(Err(JobError::NotSent));
-                        break End::Dead(why);
                     }
                     Err(e) => {
                         let why = e.to_string();
-                        let _ = job.reply.send(Err(JobError::Exchange(e)));
+                        let _ = front.reply.send(Err(JobError::Exchange(e)));
+                        fail_in_flight(&mut in_flight, &why);
                         break End::Dead(why);
                     }
                 }
             }
-            _ = sleep_until(keepalive_at) => match session.keepalive(wait).await {
+            _ = sleep_until(answer_due), if !idle => {
+                let why = format!("no response within {wait:?}");
+                fail_in_flight(&mut in_flight, &why);
+                break End::Dead(why);
+            }
+            job = rx.recv(), if taking => {
+                // We hold a sender ourselves, so the channel cannot close under us.
+                let Some(job) = job else { break End::Shutdown };
+                if in_flight.is_empty() {
+                    if let Some(why) = session.pending_unsolicited() {
+                        let _ = job.reply.send(Err(JobError::NotSent));
+                        break End::Dead(why);
+                    }
+                }
+                match session.send_command(job.frame).await {
+                    Ok(()) => in_flight.push_back(InFlight {
+                        reply: job.reply,
+                        cltrid: job.cltrid,
+                        due: Instant::now() + wait,
+                    }),
+                    Err(e) => {
+                        let why = e.to_string();
+                        let _ = job.reply.send(Err(JobError::Exchange(e)));
+                        fail_in_flight(&mut in_flight, &why);
+                        break End::Dead(why);
+                    }
+                }
+            }
+            _ = sleep_until(keepalive_at), if idle => match session.keepalive(wait).await {
                 Ok(greeting) => {
                     last_used = Instant::now();
                     pool.counters.keepalives.fetch_add(1, Ordering::Relaxed);
@@ -826,10 +909,11 @@ async fn run_session(pool: Arc<Inner>, id: u64, delay: Duration) {
                 }
                 Err(e) => break End::Dead(e.to_string()),
             },
-            _ = sleep_until(retire_at) => break End::Retire("reached its maximum age"),
-            _ = retire.cancelled() => break End::Retire("the pool was made smaller"),
+            _ = sleep_until(retire_at), if retiring.is_none() => retiring = Some("reached its maximum age"),
+            _ = retire.cancelled(), if retiring.is_none() => retiring = Some("the pool was made smaller"),
         }
     };
+    in_flight_gauge.store(0, Ordering::Relaxed);
     // Jobs handed over while we were ending were never written: their callers send them elsewhere.
     rx.close();
     while let Ok(job) = rx.try_recv() {

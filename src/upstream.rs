@@ -217,53 +217,25 @@ impl Session {
         }
     }
 
-    /// Sends one command and waits for its response. `cltrid` is the command's own clTRID, if it
-    /// had one: a response that carries another one means this session is out of step.
-    /// Any error leaves the session unusable.
-    pub async fn exchange(
-        &mut self,
-        frame: Bytes,
-        cltrid: Option<&str>,
-        wait: Duration,
-    ) -> Result<Reply, ExchangeError> {
-        // Anything already waiting would be read as this command's answer: with clTRIDs chosen
-        // by clients (and not unique across them) that could hand one client another's response.
-        if let Some(pending) = self.framed.next().now_or_never() {
-            return Err(ExchangeError::Unsent(describe_unsolicited(pending)));
-        }
+    /// Something the registry sent that nobody asked for and that is waiting to be read, if any.
+    /// With clTRIDs chosen by clients (and not unique across them), such a frame read as the next
+    /// command's answer could hand one client another's response: check before writing on a
+    /// session with nothing in flight.
+    pub fn pending_unsolicited(&mut self) -> Option<String> {
+        self.framed.next().now_or_never().map(describe_unsolicited)
+    }
+
+    /// Writes one command. An error leaves the session unusable, and the command may have left.
+    pub async fn send_command(&mut self, frame: Bytes) -> Result<(), ExchangeError> {
         self.framed
             .send(frame)
             .await
-            .map_err(|e| ExchangeError::Lost(format!("write failed: {e}")))?;
-        let answer = match timeout(wait, self.framed.next()).await {
-            Err(_) => return Err(ExchangeError::Lost(format!("no response within {wait:?}"))),
-            Ok(None) => return Err(ExchangeError::Lost("registry closed the connection".into())),
-            Ok(Some(Err(e))) => return Err(ExchangeError::Lost(format!("read failed: {e}"))),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        match epp::sniff(&answer) {
-            Ok(Message::Response(r)) => {
-                if let Some(expected) = cltrid {
-                    if r.cltrid.as_deref() != Some(expected) {
-                        return Err(ExchangeError::OutOfStep {
-                            expected: expected.to_string(),
-                            got: r.cltrid,
-                        });
-                    }
-                }
-                Ok(Reply {
-                    frame: answer,
-                    code: r.code,
-                    msg: r.msg,
-                })
-            }
-            Ok(other) => Err(ExchangeError::Lost(format!(
-                "registry sent {other:?} instead of a response"
-            ))),
-            Err(e) => Err(ExchangeError::Lost(format!(
-                "registry response unreadable: {e}"
-            ))),
-        }
+            .map_err(|e| ExchangeError::Lost(format!("write failed: {e}")))
+    }
+
+    /// The next frame from the registry, or its end (cancel-safe: nothing is lost when dropped).
+    pub async fn read_frame(&mut self) -> Option<Result<Bytes, FrameError>> {
+        self.framed.next().await
     }
 
     /// Sends `<hello>` and waits for the greeting, which is returned (its svDate is fresh).
@@ -291,12 +263,6 @@ impl Session {
         }
     }
 
-    /// Resolves when the registry sends something while no command is outstanding: a close, an
-    /// error, or an unsolicited frame. Each of them ends the session.
-    pub async fn unsolicited(&mut self) -> String {
-        describe_unsolicited(self.framed.next().await)
-    }
-
     /// Ends the session politely; errors are irrelevant at this point.
     pub async fn logout(mut self, cltrid: &str, wait: Duration) {
         let _ = timeout(wait, async {
@@ -309,7 +275,44 @@ impl Session {
     }
 }
 
-fn describe_unsolicited(next: Option<Result<Bytes, FrameError>>) -> String {
+/// What the registry sent, read as the answer to a command with clTRID `cltrid` (when it had
+/// one): a response carrying another clTRID means the session is out of step.
+pub fn as_response(
+    next: Option<Result<Bytes, FrameError>>,
+    cltrid: Option<&str>,
+) -> Result<Reply, ExchangeError> {
+    let answer = match next {
+        None => return Err(ExchangeError::Lost("registry closed the connection".into())),
+        Some(Err(e)) => return Err(ExchangeError::Lost(format!("read failed: {e}"))),
+        Some(Ok(frame)) => frame,
+    };
+    match epp::sniff(&answer) {
+        Ok(Message::Response(r)) => {
+            if let Some(expected) = cltrid {
+                if r.cltrid.as_deref() != Some(expected) {
+                    return Err(ExchangeError::OutOfStep {
+                        expected: expected.to_string(),
+                        got: r.cltrid,
+                    });
+                }
+            }
+            Ok(Reply {
+                frame: answer,
+                code: r.code,
+                msg: r.msg,
+            })
+        }
+        Ok(other) => Err(ExchangeError::Lost(format!(
+            "registry sent {other:?} instead of a response"
+        ))),
+        Err(e) => Err(ExchangeError::Lost(format!(
+            "registry response unreadable: {e}"
+        ))),
+    }
+}
+
+/// What the registry sent while nothing was asked, for the log line that ends the session.
+pub fn describe_unsolicited(next: Option<Result<Bytes, FrameError>>) -> String {
     match next {
         None => "registry closed the idle session".into(),
         Some(Err(e)) => format!("idle session failed: {e}"),

@@ -135,8 +135,19 @@ async fn run_client(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_soak() {
-    let clients = env_or("CHAOS_CLIENTS", 32) as usize;
-    let commands = env_or("CHAOS_COMMANDS", 100) as usize;
+    soak(1, 32, 100).await;
+}
+
+/// The same with three commands in flight per upstream session: every in-flight command of a
+/// failing session must follow the same safety rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_soak_pipelined() {
+    soak(3, 24, 60).await;
+}
+
+async fn soak(depth: usize, default_clients: u64, default_commands: u64) {
+    let clients = env_or("CHAOS_CLIENTS", default_clients) as usize;
+    let commands = env_or("CHAOS_COMMANDS", default_commands) as usize;
     let seed = env_or("CHAOS_SEED", 2026);
     let chaos = Chaos {
         command_fault_probability: 0.08,
@@ -154,6 +165,7 @@ async fn chaos_soak() {
         cfg.accounts[0].pool_min = pool_min;
         cfg.accounts[0].pool_max = pool_max;
         cfg.accounts[0].lifecycle.keepalive = Some(Duration::from_millis(200));
+        cfg.accounts[0].lifecycle.pipeline_depth = depth;
         cfg.upstream.response_timeout = Duration::from_millis(500);
         cfg.upstream.step_timeout = Duration::from_secs(2);
         cfg.queue_wait = Duration::from_secs(3);
@@ -225,7 +237,7 @@ async fn chaos_soak() {
     fault_list.sort();
 
     println!(
-        "\n== chaos soak (seed {seed}, {clients} clients x {commands} commands, {:.1} s) ==",
+        "\n== chaos soak (seed {seed}, pipeline depth {depth}, {clients} clients x {commands} commands, {:.1} s) ==",
         elapsed.as_secs_f64()
     );
     println!("commands sent            {}", total(|l| l.sent));

@@ -533,3 +533,82 @@ async fn graceful_shutdown_finishes_in_flight_and_answers_queued() {
     );
     mock.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_pipelined_session_carries_several_commands_at_once_in_order() {
+    let h = Harness::start(MockConfig::default(), |cfg| {
+        one_session(cfg);
+        cfg.accounts[0].lifecycle.pipeline_depth = 4;
+    })
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let mut c = h.logged_in().await;
+        // The first command holds the registry's (serial) processing; the others queue behind
+        // it on the same session, which only pipelining allows.
+        let name = if i == 0 {
+            "hold-pipe.gov".to_string()
+        } else {
+            format!("pipe-{i}.gov")
+        };
+        c.send(Bytes::from(domain_cmd("check", &name, &format!("P{i}"))))
+            .await;
+        clients.push(c);
+    }
+    h.mock
+        .wait_until(|m| m.stats().peak_in_flight.load(Relaxed) >= 4)
+        .await;
+    assert_eq!(
+        h.mock.stats().logins.load(Relaxed),
+        1,
+        "one session carried all four"
+    );
+    h.mock.release_held(1);
+    for (i, c) in clients.iter_mut().enumerate() {
+        let r = c.recv_response().await;
+        assert_eq!((r.code, r.cltrid), (1000, Some(format!("P{i}"))));
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_pipelined_session_that_dies_replays_only_queries() {
+    let h = Harness::start(MockConfig::default(), |cfg| {
+        one_session(cfg);
+        cfg.accounts[0].lifecycle.pipeline_depth = 3;
+    })
+    .await;
+    let mut a = h.logged_in().await;
+    let mut b = h.logged_in().await;
+    let mut c = h.logged_in().await;
+    a.send(Bytes::from(domain_cmd("create", "hold-piped.gov", "A")))
+        .await;
+    h.mock.wait_held(1).await;
+    b.send(Bytes::from(domain_cmd("create", "piped-b.gov", "B")))
+        .await;
+    c.send(Bytes::from(domain_cmd("check", "piped-c.gov", "C")))
+        .await;
+    h.mock
+        .wait_until(|m| m.stats().peak_in_flight.load(Relaxed) >= 3)
+        .await;
+    // The held create is answered; the next (B's create) runs, then the connection drops with
+    // B and C written and unanswered.
+    h.mock.push_fault(Fault::DropAfterExecute);
+    h.mock.release_held(1);
+    assert_eq!(a.recv_response().await.cltrid.as_deref(), Some("A"));
+    b.expect_closed().await;
+    let r = c.recv_response().await;
+    assert_eq!(
+        (r.code, r.cltrid.as_deref()),
+        (1000, Some("C")),
+        "the query was sent again"
+    );
+    assert_eq!(creates_of(&h.mock, "hold-piped.gov"), 1);
+    assert_eq!(
+        creates_of(&h.mock, "piped-b.gov"),
+        1,
+        "it ran once and was never replayed"
+    );
+    assert_eq!(h.proxy.pools[0].counters().resent_queries, 1);
+    h.stop().await;
+}
