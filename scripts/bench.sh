@@ -44,17 +44,17 @@ wait_for_log() { # file needle
 }
 
 registry_pid=""
-start_registry() { # rtt
+start_registry() { # rtt [processing]
   [ -n "$registry_pid" ] && { kill "$registry_pid"; wait "$registry_pid" 2>/dev/null || true; }
-  "$bin/eppmux" mock-registry --listen $REG --rtt "$1" --session-cap 100000 > "$logs/registry.log" 2>&1 &
+  "$bin/eppmux" mock-registry --listen $REG --rtt "$1" --latency "${2:-0ms}" --session-cap 100000 > "$logs/registry.log" 2>&1 &
   registry_pid=$!; pids+=("$registry_pid")
   wait_for_log "$logs/registry.log" "mock registry ready"
 }
 
 proxy_pid=""
-start_proxy() { # sessions
+start_proxy() { # sessions [pipeline-depth]
   [ -n "$proxy_pid" ] && { kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true; }
-  EPPMUX_PASSWORD=s3cret-Pw "$bin/eppmux" --listen-tls $PROXY \
+  EPPMUX_PASSWORD=s3cret-Pw "$bin/eppmux" --listen-tls $PROXY --pipeline-depth "${2:-1}" \
     --tls-cert certs-example/server.pem --tls-key certs-example/server-key.pem \
     --upstream $REG --upstream-server-name localhost --upstream-ca $CA \
     --upstream-cert $CERT --upstream-key $KEY --clid registrar1 \
@@ -96,6 +96,13 @@ for rtt in 0ms 20ms; do
   via_proxy "proxy-fresh" $rtt --clients $clients --mode fresh
 done
 
+echo "-- pipelining: RTT 20ms, 1 ms processing per command, S=2 upstream sessions"
+start_registry 20ms 1ms
+for depth in 1 4; do
+  start_proxy 2 $depth
+  via_proxy "proxy-depth$depth" 20ms --clients $clients
+done
+
 echo "-- scale: $idle idle TLS clients + 10 active on 4 upstream sessions, RTT 0"
 start_registry 0ms
 start_proxy 4
@@ -120,7 +127,14 @@ p20 = get("20ms", "proxy")
 if p20:
     ceiling = 10 / 0.020
     print(f"RTT 20ms: proxy {p20['throughput']:.0f} cmd/s = {100 * p20['throughput'] / ceiling:.1f}% of S/RTT = {ceiling:.0f} cmd/s (target ≥ 97%)")
+    dp = get("20ms", "direct-persistent")
+    if dp:
+        measured = 10 / (dp['p50_us'] / 1e6)
+        print(f"RTT 20ms: one command through the mock takes {dp['p50_us'] / 1000:.1f} ms (p50, direct): S/that = {measured:.0f} cmd/s, proxy at {100 * p20['throughput'] / measured:.1f}% of it")
     print(f"RTT 20ms: upstream logins during the proxy run: {p20['upstream_logins']:.0f}; client logins direct-fresh: {get('20ms', 'direct-fresh')['client_logins']}")
+d1, d4 = get("20ms", "proxy-depth1"), get("20ms", "proxy-depth4")
+if d1 and d4:
+    print(f"pipelining (RTT 20 ms, 1 ms processing, S=2): depth 4 {d4['throughput']:.0f} cmd/s vs depth 1 {d1['throughput']:.0f} cmd/s = {d4['throughput'] / d1['throughput']:.1f}x (target ≥ 3x)")
 cpu = [r["proxy_cpu_us_per_command"] for r in rows if r.get("proxy_cpu_us_per_command") and r["scenario"] == "proxy"]
 if cpu:
     print(f"proxy CPU per forwarded command: {min(cpu):.1f}–{max(cpu):.1f} µs (target ≤ 30 µs)")
