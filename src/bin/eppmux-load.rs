@@ -100,6 +100,8 @@ struct Ctx {
     stop: AtomicBool,
     sent: AtomicU64,
     logins: AtomicU64,
+    /// Clients done with their warm-up commands.
+    warmed: AtomicU64,
 }
 
 async fn connect(ctx: &Ctx) -> Result<Conn> {
@@ -195,13 +197,17 @@ async fn run_client(ctx: Arc<Ctx>, id: usize) -> ClientResult {
             Ok(())
         }
         .await;
-        if n <= ctx.args.warmup || !ctx.measuring.load(Ordering::Relaxed) {
+        if n == ctx.args.warmup.max(1) {
+            ctx.warmed.fetch_add(1, Ordering::Relaxed);
+        }
+        if !ctx.measuring.load(Ordering::Relaxed) {
             if result.is_err() {
                 conn = None;
             }
             continue;
         }
         match result {
+            Ok(()) if !ctx.measuring.load(Ordering::Relaxed) => {}
             Ok(()) => {
                 let us = started.elapsed().as_micros().max(1) as u64;
                 let _ = hist.record(us);
@@ -292,6 +298,7 @@ async fn main() -> Result<()> {
         stop: AtomicBool::new(false),
         sent: AtomicU64::new(0),
         logins: AtomicU64::new(0),
+        warmed: AtomicU64::new(0),
     });
 
     // Idle clients first: they log in and then hold their connection.
@@ -308,8 +315,14 @@ async fn main() -> Result<()> {
     let tasks: Vec<_> = (0..ctx.args.clients)
         .map(|id| tokio::spawn(run_client(ctx.clone(), id)))
         .collect();
-    // Warm-up: every client's first commands are not measured.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Measuring starts once every client has done its warm-up commands (connections, TLS
+    // sessions and upstream sessions all established), so the window holds steady state only.
+    let warm_deadline = Instant::now() + Duration::from_secs(60);
+    while ctx.warmed.load(Ordering::Relaxed) < ctx.args.clients as u64
+        && Instant::now() < warm_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let cpu_before = ctx.args.pid.and_then(proc_usage);
     let started = Instant::now();
     ctx.measuring.store(true, Ordering::Relaxed);
@@ -317,6 +330,9 @@ async fn main() -> Result<()> {
     while Instant::now() < deadline && !ctx.stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Commands completing after this moment are not counted: those in flight at the start of
+    // the window were, so in steady state the two edges cancel out.
+    ctx.measuring.store(false, Ordering::Relaxed);
     ctx.stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed();
     let cpu_after = ctx.args.pid.and_then(proc_usage);
