@@ -363,6 +363,22 @@ pub struct ServerTls {
     pub client_allow: Vec<String>,
 }
 
+/// The defaults of [`ClientLimits`].
+const LIMITS: ClientLimits = ClientLimits {
+    max_frame: DEFAULT_MAX_FRAME,
+    frame_timeout: Duration::from_secs(30),
+    idle_timeout: Duration::from_secs(3600),
+    max_clients: 4096,
+    max_login_failures: 3,
+    login_failures_per_minute: 20,
+};
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        LIMITS
+    }
+}
+
 /// Limits on what local clients may do.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct ClientLimits {
@@ -759,7 +775,7 @@ impl Config {
         let max_login_failures = args
             .max_login_failures
             .or(file.max_login_failures)
-            .unwrap_or(3);
+            .unwrap_or(LIMITS.max_login_failures);
         if max_login_failures == 0 {
             return Err(invalid("max_login_failures", "must be at least 1"));
         }
@@ -775,15 +791,19 @@ impl Config {
                     "frame_timeout",
                     args.frame_timeout,
                     file.frame_timeout,
-                    Duration::from_secs(30),
+                    LIMITS.frame_timeout,
                 )?,
                 idle_timeout: dur(
                     "client_idle_timeout",
                     args.client_idle_timeout,
                     file.client_idle_timeout,
-                    Duration::from_secs(3600),
+                    LIMITS.idle_timeout,
                 )?,
-                max_clients: match args.max_clients.or(file.max_clients).unwrap_or(4096) {
+                max_clients: match args
+                    .max_clients
+                    .or(file.max_clients)
+                    .unwrap_or(LIMITS.max_clients)
+                {
                     0 => return Err(invalid("max_clients", "must be at least 1")),
                     n => n,
                 },
@@ -791,7 +811,7 @@ impl Config {
                 login_failures_per_minute: args
                     .login_failures_per_minute
                     .or(file.login_failures_per_minute)
-                    .unwrap_or(20),
+                    .unwrap_or(LIMITS.login_failures_per_minute),
             },
             admin: args.admin.or(file.admin),
             greeting_wait: dur(

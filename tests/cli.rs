@@ -5,14 +5,7 @@ mod common;
 use std::process::Command;
 
 fn eppmux() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_eppmux"));
-    // Start from a clean slate: no EPPMUX_* from the developer's shell.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("EPPMUX_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
+    common::eppmux_command()
 }
 
 #[test]
@@ -111,7 +104,6 @@ fn help_lists_the_documented_flags_and_no_secret() {
 /// of every upstream session and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_logs_out_upstream_and_exits_zero() {
-    use eppmux::epp::{self, Message};
     use std::sync::atomic::Ordering::Relaxed;
     use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -188,13 +180,7 @@ async fn sigterm_logs_out_upstream_and_exits_zero() {
     assert!(exit.success(), "exit status {exit:?}\n{log}");
     assert!(log.contains("shutdown complete"), "{log}");
     c.expect_closed().await;
-    let logouts = mock
-        .transcript()
-        .iter()
-        .filter(
-            |x| matches!(epp::sniff(&x.command), Ok(Message::Command(cmd)) if cmd.verb == "logout"),
-        )
-        .count();
+    let logouts = common::commands_named(&mock, "logout");
     assert_eq!(logouts, 2, "both upstream sessions logged out");
     assert!(
         !log.contains(common::PASSWORD),

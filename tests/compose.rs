@@ -10,8 +10,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStderr, Command};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -87,14 +87,8 @@ fn localise(arg: &str, svc: &Service, hosts: &HashMap<&str, String>) -> String {
     arg.to_string()
 }
 
-fn spawn(svc: &Service, hosts: &HashMap<&str, String>) -> (Child, Lines<BufReader<ChildStderr>>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_eppmux"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("EPPMUX_") {
-            cmd.env_remove(key);
-        }
-    }
-    let mut child = cmd
+fn spawn(svc: &Service, hosts: &HashMap<&str, String>) -> (Child, LogLines) {
+    let mut child = Command::from(eppmux_command())
         .args(svc.command.iter().map(|a| localise(a, svc, hosts)))
         .envs(&svc.environment)
         .stderr(Stdio::piped())
@@ -105,17 +99,10 @@ fn spawn(svc: &Service, hosts: &HashMap<&str, String>) -> (Child, Lines<BufReade
     (child, lines)
 }
 
-/// Reads log lines until one contains `needle`; returns it.
-async fn wait_log(lines: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> String {
-    let mut seen = String::new();
-    while let Some(line) = lines.next_line().await.unwrap() {
-        if line.contains(needle) {
-            return line;
-        }
-        seen.push_str(&line);
-        seen.push('\n');
-    }
-    panic!("exited before logging {needle:?}:\n{seen}");
+/// The log line that contains `needle`.
+async fn wait_log(lines: &mut LogLines, needle: &str) -> String {
+    let seen = read_log_until(lines, needle).await;
+    seen.lines().last().unwrap_or_default().to_string()
 }
 
 /// `127.0.0.1:PORT` out of a log line's `addr=` (text) or `"addr":"Some(…)"` (JSON) field.

@@ -8,47 +8,46 @@ use common::*;
 use eppmux::mock_registry::MockConfig;
 use tokio::process::Command;
 
-fn require_perl_module(module: &str) {
-    let ok = std::process::Command::new("perl")
-        .args([&format!("-M{module}"), "-e1"])
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Fails with an install hint when `program -e/-c probe` does not succeed.
+fn require(program: &str, probe: &[&str], what: &str) {
+    let ok = std::process::Command::new(program)
+        .args(probe)
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(ok, "perl module {module} is missing: run scripts/install-test-deps.sh (Debian package libnet-epp-perl)");
+    assert!(ok, "{what} is missing: run scripts/install-test-deps.sh");
 }
 
-async fn run_net_epp(host: &str, port: u16, mode: &str, domain: &str) -> String {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/net_epp_simple.pl"
-    );
-    let ca = cert("ca.pem");
-    let out = Command::new("perl")
-        .arg(script)
-        .args([
-            host,
-            &port.to_string(),
-            mode,
-            ca.to_str().unwrap(),
-            CLID,
-            PASSWORD,
-            domain,
-        ])
+/// Runs a client script to completion and checks that it printed `OK <step>` for every step.
+async fn run_client(label: &str, cmd: &mut Command, steps: &[&str]) -> String {
+    let out = cmd
         .output()
         .await
-        .expect("run perl");
+        .unwrap_or_else(|e| panic!("{label}: cannot run: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "Net::EPP::Simple over {mode} failed:\n{stdout}\n{}",
+        "{label} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    for step in steps {
+        assert!(
+            stdout.contains(&format!("OK {step}")),
+            "{label}: step {step} missing:\n{stdout}"
+        );
+    }
     stdout
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn perl_net_epp_simple_over_tls_and_plain_tcp() {
-    require_perl_module("Net::EPP::Simple");
+    require(
+        "perl",
+        &["-MNet::EPP::Simple", "-e1"],
+        "perl module Net::EPP::Simple (Debian libnet-epp-perl)",
+    );
     let h = Harness::start(MockConfig::default(), |cfg| cfg.accounts[0].pool_max = 1).await;
     let tls_port = h.proxy.tls_addr.unwrap().port();
     let plain_port = h.proxy.plain_addr.unwrap().port();
@@ -56,8 +55,12 @@ async fn perl_net_epp_simple_over_tls_and_plain_tcp() {
         ("localhost", tls_port, "tls", "perl-tls.gov"),
         ("127.0.0.1", plain_port, "plain", "perl-plain.gov"),
     ] {
-        let out = run_net_epp(host, port, mode, domain).await;
-        for step in [
+        let mut cmd = Command::new("perl");
+        cmd.arg(format!("{ROOT}/tests/interop/net_epp_simple.pl"))
+            .args([host, &port.to_string(), mode])
+            .arg(cert("ca.pem"))
+            .args([CLID, PASSWORD, domain]);
+        let steps = [
             "login",
             "check-available",
             "create",
@@ -65,12 +68,8 @@ async fn perl_net_epp_simple_over_tls_and_plain_tcp() {
             "check-taken",
             "delete",
             "logout",
-        ] {
-            assert!(
-                out.contains(&format!("OK {step}")),
-                "{mode}: step {step} missing:\n{out}"
-            );
-        }
+        ];
+        run_client(&format!("Net::EPP::Simple over {mode}"), &mut cmd, &steps).await;
         assert!(
             !h.mock.domain_exists(domain),
             "{domain} was created and deleted at the registry"
@@ -104,79 +103,36 @@ async fn perl_net_epp_simple_over_tls_and_plain_tcp() {
 async fn epplib_style_transport_over_tls() {
     let h = Harness::start(MockConfig::default(), |cfg| cfg.accounts[0].pool_max = 1).await;
     let port = h.proxy.tls_addr.unwrap().port();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/epplib_transport.py"
-    );
-    let out = Command::new("python3")
-        .arg(script)
+    let mut cmd = Command::new("python3");
+    cmd.arg(format!("{ROOT}/tests/interop/epplib_transport.py"))
         .args(["localhost", &port.to_string(), CLID, PASSWORD, "epplib.gov"])
-        .env("SSL_CERT_FILE", cert("ca.pem"))
-        .output()
-        .await
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "epplib-style client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for step in [
+        .env("SSL_CERT_FILE", cert("ca.pem"));
+    let steps = [
         "greeting", "login", "check", "create", "info", "delete", "logout", "closed",
-    ] {
-        assert!(
-            stdout.contains(&format!("OK {step}")),
-            "step {step} missing:\n{stdout}"
-        );
-    }
+    ];
+    run_client("epplib-style client", &mut cmd, &steps).await;
     assert!(!h.mock.domain_exists("epplib.gov"));
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_epptools_over_tls() {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import epptools"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "the Python package epptools is missing: run scripts/install-test-deps.sh"
+    require(
+        "python3",
+        &["-c", "import epptools"],
+        "the Python package epptools",
     );
     let h = Harness::start(MockConfig::default(), |cfg| cfg.accounts[0].pool_max = 1).await;
     let port = h.proxy.tls_addr.unwrap().port();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/epptools_client.py"
-    );
-    let out = Command::new("python3")
-        .arg(script)
-        .args([
-            "localhost",
-            &port.to_string(),
-            cert("ca.pem").to_str().unwrap(),
-            CLID,
-            PASSWORD,
-            "epptools.gov",
-        ])
-        .output()
-        .await
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "epptools failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for step in [
+    let mut cmd = Command::new("python3");
+    cmd.arg(format!("{ROOT}/tests/interop/epptools_client.py"))
+        .args(["localhost", &port.to_string()])
+        .arg(cert("ca.pem"))
+        .args([CLID, PASSWORD, "epptools.gov"]);
+    let steps = [
         "greeting", "login", "check", "create", "info", "delete", "logout",
-    ] {
-        assert!(
-            stdout.contains(&format!("OK {step}")),
-            "step {step} missing:\n{stdout}"
-        );
-    }
+    ];
+    run_client("epptools", &mut cmd, &steps).await;
     assert!(!h.mock.domain_exists("epptools.gov"));
     h.stop().await;
 }
@@ -186,7 +142,7 @@ async fn python_epptools_over_tls() {
 async fn openssl_s_client_with_the_example_frames() {
     let h = Harness::start(MockConfig::default(), |_| {}).await;
     let port = h.proxy.tls_addr.unwrap().port();
-    let root = env!("CARGO_MANIFEST_DIR");
+    let root = ROOT;
     let out = Command::new(format!("{root}/scripts/epp-send.sh"))
         .arg(format!("localhost:{port}"))
         .args(

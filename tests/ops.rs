@@ -15,14 +15,7 @@ use eppmux::mock_registry::{Fault, MockConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn eppmux_bin() -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_eppmux"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("EPPMUX_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("RUST_BACKTRACE", "0");
-    cmd
+    tokio::process::Command::from(eppmux_command())
 }
 
 fn upstream_flags(cmd: &mut tokio::process::Command, registry: std::net::SocketAddr) {
@@ -374,21 +367,7 @@ async fn sighup_applies_pool_sizes_and_refuses_bad_configs_without_dropping_clie
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    async fn until(
-        lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
-        needle: &str,
-    ) -> String {
-        let mut seen = String::new();
-        while let Some(line) = lines.next_line().await.unwrap() {
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.contains(needle) {
-                return seen;
-            }
-        }
-        panic!("eppmux exited before logging {needle:?}:\n{seen}");
-    }
-    until(&mut lines, "account ready").await;
+    read_log_until(&mut lines, "account ready").await;
     let mut c = Client::plain(listen).await;
     c.greeting().await;
     assert_eq!(c.command(&login_xml(CLID, PASSWORD, "L")).await.code, 1000);
@@ -402,13 +381,13 @@ async fn sighup_applies_pool_sizes_and_refuses_bad_configs_without_dropping_clie
 
     write(3, "");
     assert!(hup().success());
-    until(&mut lines, "configuration reloaded").await;
+    read_log_until(&mut lines, "configuration reloaded").await;
     mock.wait_until(|m| m.stats().active_sessions.load(Relaxed) == 3)
         .await;
 
     write(3, "bogus_key = 1");
     assert!(hup().success());
-    let log = until(&mut lines, "configuration refused").await;
+    let log = read_log_until(&mut lines, "configuration refused").await;
     assert!(log.contains("bogus_key"), "{log}");
 
     // The client connected before both reloads is still served.

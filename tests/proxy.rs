@@ -501,13 +501,7 @@ async fn shutdown_logs_out_upstream_sessions() {
     let Harness { mock, proxy } = h;
     proxy.shutdown().await;
     c.expect_closed().await;
-    let logouts = mock
-        .transcript()
-        .iter()
-        .filter(
-            |x| matches!(epp::sniff(&x.command), Ok(Message::Command(cmd)) if cmd.verb == "logout"),
-        )
-        .count();
+    let logouts = commands_named(&mock, "logout");
     assert_eq!(
         logouts,
         mock.stats().logins.load(Ordering::Relaxed),

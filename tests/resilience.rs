@@ -27,13 +27,6 @@ fn creates_of(mock: &MockRegistry, name: &str) -> usize {
         .count()
 }
 
-fn commands_named(mock: &MockRegistry, verb: &str) -> usize {
-    mock.transcript()
-        .iter()
-        .filter(|x| matches!(epp::sniff(&x.command), Ok(Message::Command(c)) if c.verb == verb))
-        .count()
-}
-
 #[tokio::test]
 async fn keepalive_hellos_keep_an_idle_session_from_timing_out() {
     let mock_cfg = MockConfig {

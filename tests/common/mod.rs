@@ -85,14 +85,7 @@ pub fn proxy_config(upstream: SocketAddr) -> Config {
             ext_uris: None,
             lifecycle: Default::default(),
         }],
-        limits: eppmux::config::ClientLimits {
-            max_frame: eppmux::frame::DEFAULT_MAX_FRAME,
-            frame_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(3600),
-            max_clients: 4096,
-            max_login_failures: 3,
-            login_failures_per_minute: 20,
-        },
+        limits: Default::default(),
         greeting_wait: Duration::from_secs(5),
         queue_wait: Duration::from_secs(5),
         queue_max: 1000,
@@ -259,4 +252,40 @@ pub fn logout_xml(cltrid: &str) -> String {
     format!(
         r#"<epp xmlns="urn:ietf:params:xml:ns:epp-1.0"><command><logout/><clTRID>{cltrid}</clTRID></command></epp>"#
     )
+}
+
+/// The eppmux binary, without EPPMUX_* variables from the developer's shell or backtraces.
+pub fn eppmux_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_eppmux"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("EPPMUX_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("RUST_BACKTRACE", "0");
+    cmd
+}
+
+/// How many commands with this verb the registry has received.
+pub fn commands_named(mock: &MockRegistry, verb: &str) -> usize {
+    mock.transcript()
+        .iter()
+        .filter(|x| matches!(epp::sniff(&x.command), Ok(Message::Command(c)) if c.verb == verb))
+        .count()
+}
+
+/// A child process's log, read line by line.
+pub type LogLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>;
+
+/// Reads log lines until one contains `needle`; returns everything read, that line last.
+pub async fn read_log_until(lines: &mut LogLines, needle: &str) -> String {
+    let mut seen = String::new();
+    while let Some(line) = lines.next_line().await.expect("read the log") {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(needle) {
+            return seen;
+        }
+    }
+    panic!("the process exited before logging {needle:?}:\n{seen}");
 }
