@@ -279,8 +279,10 @@ async fn demo(args: DemoArgs) -> Result<()> {
          See the greeting:\n  openssl s_client -connect localhost:{tls_port} -CAfile {ca} -quiet\n\
          Send example commands (login, check, logout):\n  scripts/epp-send.sh localhost:{tls_port} examples/login.xml examples/check.xml examples/logout.xml\n\
          From epplib (Python): SSL_CERT_FILE={ca} and host \"localhost\", port {tls_port}\n\
+         Metrics and status: curl http://{admin}/metrics  (/readyz, /status)\n\
          Stop with Ctrl-C.\n",
         reg = registry.addr,
+        admin = args.admin,
         tls = args.listen_tls,
         plain = args.listen,
         ca = ca.display(),
