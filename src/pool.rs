@@ -899,7 +899,7 @@ async fn run_session(pool: Arc<Inner>, id: u64, delay: Duration) {
                     }
                 }
             }
-            _ = sleep_until(keepalive_at), if idle => match session.keepalive(wait).await {
+            _ = sleep_until(keepalive_at), if idle && lifecycle.keepalive.is_some() => match session.keepalive(wait).await {
                 Ok(greeting) => {
                     last_used = Instant::now();
                     pool.counters.keepalives.fetch_add(1, Ordering::Relaxed);
@@ -909,7 +909,9 @@ async fn run_session(pool: Arc<Inner>, id: u64, delay: Duration) {
                 }
                 Err(e) => break End::Dead(e.to_string()),
             },
-            _ = sleep_until(retire_at), if retiring.is_none() => retiring = Some("reached its maximum age"),
+            _ = sleep_until(retire_at), if retiring.is_none() && lifecycle.max_age.is_some() => {
+                retiring = Some("reached its maximum age");
+            }
             _ = retire.cancelled(), if retiring.is_none() => retiring = Some("the pool was made smaller"),
         }
     };
