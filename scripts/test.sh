@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
 # The test command: installs the third-party test clients if missing, then runs every test
-# (unit, integration on loopback with real TLS, interop with Net::EPP and an epplib-style client).
+# (unit, integration on loopback with real TLS, interop with Net::EPP, epptools, openssl and an
+# epplib-style client) and ends with one line of totals.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
-cargo test --locked --all-targets "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked --all-targets "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep '^test result:' "$log" | grep -oE '[0-9]+ passed' | awk '{n += $1} END {print n + 0}')
+failed=$(grep '^test result:' "$log" | grep -oE '[0-9]+ failed' | awk '{n += $1} END {print n + 0}')
+echo "$passed passed, $failed failed"
+exit "$status"
