@@ -5,6 +5,7 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY benches ./benches
 # The demo compiles the example certificates in (include_str!).
 COPY certs-example ./certs-example
 RUN cargo build --release --locked --bin eppmux
