@@ -431,11 +431,13 @@ impl Pool {
                 }
             }
         }
-        self.inner.count_exhausted();
-        Err(match last_loss {
-            Some(e) => PoolError::Lost(e),
-            None => PoolError::Exhausted(wait),
-        })
+        match last_loss {
+            Some(e) => Err(PoolError::Lost(e)),
+            None => {
+                self.inner.count_exhausted();
+                Err(PoolError::Exhausted(wait))
+            }
+        }
     }
 
     async fn acquire(&self, deadline: Instant, wait: Duration) -> Result<Lease, PoolError> {
