@@ -494,11 +494,6 @@ pub fn is_closing(code: u16) -> bool {
     matches!(code, 2500..=2502)
 }
 
-/// True for result codes that mean the registry executed the command (1xxx).
-pub fn is_success(code: u16) -> bool {
-    (1000..2000).contains(&code)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Messages eppmux writes itself. Every value that comes from a peer or from configuration is
 // XML-escaped.

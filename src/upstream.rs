@@ -91,10 +91,6 @@ pub enum ExchangeError {
         expected: String,
         got: Option<String>,
     },
-    /// The registry had sent something unasked before the command went out; the command was
-    /// not written, and the session is out of step.
-    #[error("command not sent: {0}")]
-    Unsent(String),
 }
 
 /// A registry response, with its result code already read.

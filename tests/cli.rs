@@ -8,64 +8,60 @@ fn eppmux() -> Command {
     common::eppmux_command()
 }
 
+/// Runs `cmd`, which must fail at start, and checks that its error names `what`.
+fn fails_naming(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap();
+    assert!(
+        !out.status.success(),
+        "expected a start-up failure naming {what}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(what), "the error does not name {what}: {err}");
+}
+
 #[test]
 fn invalid_configuration_fails_fast_naming_the_key() {
-    let out = eppmux()
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            "127.0.0.1:700",
-            "--upstream-cert",
-            "c.pem",
-        ])
-        .args([
-            "--upstream-key",
-            "k.pem",
-            "--clid",
-            "r1",
-            "--pool-min",
-            "5",
-            "--pool-max",
-            "2",
-        ])
-        .env("EPPMUX_PASSWORD", "pw")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("pool_min"), "{err}");
-
+    let upstream = ["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:700"];
+    fails_naming(
+        eppmux()
+            .args(upstream)
+            .args([
+                "--upstream-cert",
+                "c.pem",
+                "--upstream-key",
+                "k.pem",
+                "--clid",
+                "r1",
+            ])
+            .args(["--pool-min", "5", "--pool-max", "2"])
+            .env("EPPMUX_PASSWORD", "pw"),
+        "pool_min",
+    );
     // The same through environment variables only, with a missing password.
-    let out = eppmux()
-        .env("EPPMUX_LISTEN", "127.0.0.1:0")
-        .env("EPPMUX_UPSTREAM", "127.0.0.1:700")
-        .env("EPPMUX_UPSTREAM_CERT", "c.pem")
-        .env("EPPMUX_UPSTREAM_KEY", "k.pem")
-        .env("EPPMUX_CLID", "r1")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("password"), "{err}");
-
+    fails_naming(
+        eppmux()
+            .env("EPPMUX_LISTEN", "127.0.0.1:0")
+            .env("EPPMUX_UPSTREAM", "127.0.0.1:700")
+            .env("EPPMUX_UPSTREAM_CERT", "c.pem")
+            .env("EPPMUX_UPSTREAM_KEY", "k.pem")
+            .env("EPPMUX_CLID", "r1"),
+        "password",
+    );
     // A certificate that does not exist is named at start, before anything listens.
-    let out = eppmux()
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            "127.0.0.1:700",
-            "--upstream-cert",
-            "/nonexistent/c.pem",
-        ])
-        .args(["--upstream-key", "k.pem", "--clid", "r1"])
-        .env("EPPMUX_PASSWORD", "pw")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/nonexistent/c.pem"), "{err}");
+    fails_naming(
+        eppmux()
+            .args(upstream)
+            .args([
+                "--upstream-cert",
+                "/nonexistent/c.pem",
+                "--upstream-key",
+                "k.pem",
+                "--clid",
+                "r1",
+            ])
+            .env("EPPMUX_PASSWORD", "pw"),
+        "/nonexistent/c.pem",
+    );
 }
 
 #[test]
@@ -138,18 +134,8 @@ async fn sigterm_logs_out_upstream_and_exits_zero() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = String::new();
-    while let Some(line) = lines.next_line().await.unwrap() {
-        log.push_str(&line);
-        log.push('\n');
-        if line.contains("account ready") {
-            break;
-        }
-    }
-    assert!(
-        log.contains("account ready"),
-        "eppmux never became ready:\n{log}"
-    );
+    // Panics (with everything read) if eppmux exits before becoming ready.
+    let mut log = common::read_log_until(&mut lines, "account ready").await;
     let mut c = common::Client::plain(listen_addr).await;
     c.greeting().await;
     assert_eq!(

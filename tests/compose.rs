@@ -142,7 +142,7 @@ async fn the_compose_command_lines_work_against_the_mock_registry() {
     let (tls_addr, admin_addr) = (tls_addr.unwrap(), admin_addr.unwrap());
 
     // The container healthcheck, as the compose file gives it (address localised).
-    let out = Command::new(env!("CARGO_BIN_EXE_eppmux"))
+    let out = Command::from(eppmux_command())
         .args(["healthcheck", "--admin", &admin_addr])
         .output()
         .await
