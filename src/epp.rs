@@ -85,6 +85,9 @@ pub struct Response {
     pub code: u16,
     pub msg: String,
     pub cltrid: Option<String>,
+    /// The registry's transaction id. Every answer gets a new one, so an answer whose svTRID was
+    /// already delivered on the same session is a duplicate, whatever its clTRID says.
+    pub svtrid: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,6 +116,7 @@ pub enum SniffError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
     ClTrid,
+    SvTrid,
     ClId,
     Pw,
     ResultMsg,
@@ -224,6 +228,9 @@ pub fn sniff(frame: &[u8]) -> Result<Message, SniffError> {
                     }
                     (3, Some((true, "trID"))) if is_epp && local == "clTRID" => {
                         capture = Some((Field::ClTrid, String::new()));
+                    }
+                    (3, Some((true, "trID"))) if is_epp && local == "svTRID" => {
+                        capture = Some((Field::SvTrid, String::new()));
                     }
                     (2, Some((true, "greeting"))) if is_epp && local == "svID" => {
                         capture = Some((Field::SvId, String::new()));
@@ -422,6 +429,7 @@ fn store(field: Field, value: String, cmd: &mut Command, resp: &mut Response, g:
             cmd.cltrid = Some(value.clone());
             resp.cltrid = Some(value);
         }
+        Field::SvTrid => resp.svtrid = Some(value),
         Field::ClId => cmd.login.get_or_insert_with(Login::default).clid = value,
         Field::Pw => cmd.login.get_or_insert_with(Login::default).pw = Secret::new(value),
         Field::ResultMsg => resp.msg = value,
@@ -638,6 +646,7 @@ mod tests {
             (2002, "Registrar is not logged in.")
         );
         assert_eq!(r.cltrid.as_deref(), Some("ABC-20001"));
+        assert!(r.svtrid.is_some());
         let Ok(Message::Greeting(g)) = sniff(&sample("greeting.xml")) else {
             panic!("not a greeting")
         };
