@@ -76,7 +76,12 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
         "/metrics" => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.metrics.render(&state.pools),
+            {
+                for pool in &state.pools {
+                    pool.export_gauges();
+                }
+                state.metrics.render()
+            },
         ),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
@@ -110,9 +115,13 @@ pub fn readiness(pools: &[Pool]) -> (bool, Vec<String>) {
     for pool in pools {
         let stats = pool.stats();
         if stats.live == 0 {
-            let why = match stats.unhealthy {
-                Some(reason) => reason,
-                None => format!(
+            let why = match (stats.unhealthy, stats.login_budget_wait) {
+                (Some(reason), _) => reason,
+                (None, Some(wait)) => format!(
+                    "login budget exhausted (max_logins_per_minute): the next upstream login is allowed in {} ms",
+                    wait.as_millis()
+                ),
+                (None, None) => format!(
                     "{} upstream session(s) connecting, none logged in yet",
                     stats.connecting
                 ),

@@ -137,6 +137,14 @@ pub struct RunArgs {
     /// Commands in flight at once on one upstream session (RFC 5734 §3 pipelining) [default: 1].
     #[arg(long, env = "EPPMUX_PIPELINE_DEPTH", value_name = "N")]
     pub pipeline_depth: Option<usize>,
+    /// Upstream logins allowed per account per minute, after a burst of pool_max; whatever goes
+    /// wrong, eppmux never logs in faster [default: 2 × pool_max].
+    #[arg(long, env = "EPPMUX_MAX_LOGINS_PER_MINUTE", value_name = "N")]
+    pub max_logins_per_minute: Option<u32>,
+    /// Commands sent to the registry per account per second; more wait in the queue (within the
+    /// queue wait) [default: off].
+    #[arg(long, env = "EPPMUX_MAX_COMMANDS_PER_SECOND", value_name = "RATE")]
+    pub max_commands_per_second: Option<f64>,
     /// Most commands waiting for a free session per account; more get 2400 at once [default: 1000].
     #[arg(long, env = "EPPMUX_QUEUE_MAX", value_name = "N")]
     pub queue_max: Option<usize>,
@@ -302,6 +310,8 @@ struct FileConfig {
     max_session_age: Option<String>,
     max_session_commands: Option<u64>,
     pipeline_depth: Option<usize>,
+    max_logins_per_minute: Option<u32>,
+    max_commands_per_second: Option<f64>,
     queue_max: Option<usize>,
     session_limit_hold: Option<String>,
     shutdown_timeout: Option<String>,
@@ -332,6 +342,8 @@ struct FileAccount {
     max_session_age: Option<String>,
     max_session_commands: Option<u64>,
     pipeline_depth: Option<usize>,
+    max_logins_per_minute: Option<u32>,
+    max_commands_per_second: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -417,6 +429,10 @@ pub struct AccountConfig {
     pub obj_uris: Option<Vec<String>>,
     pub ext_uris: Option<Vec<String>>,
     pub lifecycle: SessionLifecycle,
+    /// The login budget's refill per minute (after a burst of `pool_max`); `None`: 2 × pool_max.
+    pub max_logins_per_minute: Option<u32>,
+    /// Commands sent per second at most; `None`: no limit.
+    pub max_commands_per_second: Option<f64>,
 }
 
 /// How long an upstream session lives and how it is kept alive.
@@ -430,6 +446,12 @@ pub struct SessionLifecycle {
     pub max_commands: Option<u64>,
     /// Commands in flight at once on one session; 1 = no pipelining.
     pub pipeline_depth: usize,
+    /// A 2002 in a wording not known to mean "not logged in", to the first command after the
+    /// session carried nothing for this long, is taken as a possibly forgotten session: the
+    /// command is sent again on another session and this one retires. Not an option: a constant
+    /// that tests lower.
+    #[serde(serialize_with = "ser_duration")]
+    pub suspect_2002_after: Duration,
 }
 
 impl Default for SessionLifecycle {
@@ -439,9 +461,14 @@ impl Default for SessionLifecycle {
             max_age: None,
             max_commands: None,
             pipeline_depth: 1,
+            suspect_2002_after: SUSPECT_2002_AFTER,
         }
     }
 }
+
+/// Registries forget sessions after minutes of idleness, never seconds; a busy session's 2002
+/// is an ordinary "command use error" and is relayed as it is.
+pub const SUSPECT_2002_AFTER: Duration = Duration::from_secs(10);
 
 /// Half the smallest idle timeout registries publish (.no: 120 s), so one lost hello still leaves
 /// time for the next.
@@ -633,7 +660,12 @@ impl Config {
             },
             max_commands: args.max_session_commands.or(file.max_session_commands),
             pipeline_depth: args.pipeline_depth.or(file.pipeline_depth).unwrap_or(1),
+            suspect_2002_after: SUSPECT_2002_AFTER,
         };
+        let logins_per_minute = args.max_logins_per_minute.or(file.max_logins_per_minute);
+        let commands_per_second = args
+            .max_commands_per_second
+            .or(file.max_commands_per_second);
         let mut accounts = Vec::new();
         for acc in file.accounts {
             let mut own = lifecycle;
@@ -681,6 +713,8 @@ impl Config {
                 obj_uris: acc.obj_uris,
                 ext_uris: acc.ext_uris,
                 lifecycle: own,
+                max_logins_per_minute: acc.max_logins_per_minute.or(logins_per_minute),
+                max_commands_per_second: acc.max_commands_per_second.or(commands_per_second),
             });
         }
         if let Some(clid) = &args.clid {
@@ -702,6 +736,8 @@ impl Config {
                 obj_uris: None,
                 ext_uris: None,
                 lifecycle,
+                max_logins_per_minute: logins_per_minute,
+                max_commands_per_second: commands_per_second,
             });
         } else if args.pool_min.is_some() || args.pool_max.is_some() {
             return Err(invalid(
@@ -752,6 +788,21 @@ impl Config {
                 return Err(invalid(
                     "pipeline_depth",
                     format!("account {}: must be between 1 and 64", acc.clid),
+                ));
+            }
+            if acc.max_logins_per_minute == Some(0) {
+                return Err(invalid(
+                    "max_logins_per_minute",
+                    format!("account {}: must be at least 1", acc.clid),
+                ));
+            }
+            if acc
+                .max_commands_per_second
+                .is_some_and(|r| !(r.is_finite() && r > 0.0))
+            {
+                return Err(invalid(
+                    "max_commands_per_second",
+                    format!("account {}: must be a number above zero", acc.clid),
                 ));
             }
             if accounts[..i].iter().any(|a| a.clid == acc.clid) {

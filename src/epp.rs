@@ -9,6 +9,8 @@
 //! a [`SniffError`]: no DOCTYPE (so no entity is ever declared or expanded), no undeclared entity
 //! references, no nesting deeper than [`MAX_DEPTH`], one command per frame.
 
+pub mod code;
+
 use bytes::Bytes;
 use quick_xml::escape::{escape, resolve_predefined_entity};
 use quick_xml::events::{BytesStart, Event};

@@ -130,11 +130,11 @@ async fn serve(cfg: Config, args: Option<RunArgs>) -> Result<()> {
     wait_for_signal().await;
     let _ = &args;
     info!("shutting down: stopping listeners, logging out of upstream sessions");
-    let deadline = cfg.shutdown_timeout;
     tokio::select! {
-        done = tokio::time::timeout(deadline, proxy.shutdown()) => match done {
-            Ok(()) => info!("shutdown complete"),
-            Err(_) => warn!(?deadline, "shutdown deadline passed; exiting with work unfinished"),
+        complete = proxy.shutdown() => if complete {
+            info!("shutdown complete");
+        } else {
+            warn!("exiting with work unfinished");
         },
         _ = wait_for_signal() => warn!("second signal: exiting at once"),
     }
@@ -261,6 +261,8 @@ async fn demo(args: DemoArgs) -> Result<()> {
             obj_uris: None,
             ext_uris: None,
             lifecycle: Default::default(),
+            max_logins_per_minute: None,
+            max_commands_per_second: None,
         }],
         limits: Default::default(),
         greeting_wait: Duration::from_secs(3),

@@ -1,6 +1,7 @@
 //! Prometheus metrics: one registry per running proxy, counters and histograms updated where
-//! things happen, pool gauges refreshed from the pools at scrape time, encoded in the OpenMetrics
-//! text format by `prometheus-client`.
+//! things happen (pool counters are mirrored from the pools' own counts as they change), pool
+//! gauges set by the pools at scrape time, encoded in the OpenMetrics text format by
+//! `prometheus-client`. This module knows no other part of eppmux.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -8,8 +9,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-
-use crate::pool::Pool;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AccountLabel {
@@ -82,6 +81,10 @@ pub struct Metrics {
     pub keepalives: Family<AccountLabel, Counter>,
     pub retries: Family<RetryLabel, Counter>,
     pub retries_refused: Family<AccountLabel, Counter>,
+    pub duplicate_answers: Family<AccountLabel, Counter>,
+    pub login_budget_waits: Family<AccountLabel, Counter>,
+    pub login_tokens: Family<AccountLabel, Gauge>,
+    pub commands_throttled: Family<AccountLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -109,6 +112,10 @@ impl Metrics {
             keepalives: Family::default(),
             retries: Family::default(),
             retries_refused: Family::default(),
+            duplicate_answers: Family::default(),
+            login_budget_waits: Family::default(),
+            login_tokens: Family::default(),
+            commands_throttled: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -183,32 +190,31 @@ impl Metrics {
             "Transforms whose response was lost and that were not replayed",
             m.retries_refused.clone(),
         );
+        r.register(
+            "upstream_duplicate_answers",
+            "Registry answers received twice on a session (same svTRID) and dropped",
+            m.duplicate_answers.clone(),
+        );
+        r.register(
+            "login_budget_waits",
+            "Times opening an upstream session had to wait for the login budget",
+            m.login_budget_waits.clone(),
+        );
+        r.register(
+            "login_budget_tokens",
+            "Upstream logins the budget allows right now",
+            m.login_tokens.clone(),
+        );
+        r.register(
+            "commands_throttled",
+            "Commands that waited for the per-account command rate limit",
+            m.commands_throttled.clone(),
+        );
         Metrics { registry, ..m }
     }
 
-    /// Sets the pool gauges from the pools, then encodes everything.
-    pub fn render(&self, pools: &[Pool]) -> String {
-        for pool in pools {
-            let account = pool.clid().to_string();
-            let stats = pool.stats();
-            let busy = stats.live.saturating_sub(stats.idle);
-            for (state, n) in [
-                ("connecting", stats.connecting),
-                ("idle", stats.idle),
-                ("busy", busy),
-                ("dead", stats.dead),
-            ] {
-                self.sessions
-                    .get_or_create(&SessionStateLabel {
-                        account: account.clone(),
-                        state,
-                    })
-                    .set(n as i64);
-            }
-            self.queue_length
-                .get_or_create(&AccountLabel { account })
-                .set(stats.waiting as i64);
-        }
+    /// Everything, in the OpenMetrics text format (gauges as last set).
+    pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

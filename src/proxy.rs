@@ -4,19 +4,21 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::warn;
 
 use crate::admin::AdminState;
 use crate::client_session::{Account, ClientContext};
 use crate::config::Config;
 use crate::listener::ListenerTls;
 use crate::metrics::Metrics;
-use crate::pool::{Pool, PoolSettings};
+use crate::pool::{Pool, PoolParts, PoolSettings};
 use crate::tls::TlsError;
 use crate::upstream::UpstreamTarget;
 
@@ -39,8 +41,14 @@ pub struct Proxy {
     pub pools: Vec<Pool>,
     pub metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    /// Cancelled when the shutdown deadline passes: whatever still waits gives up.
+    abort: CancellationToken,
+    shutdown_timeout: Duration,
     tasks: TaskTracker,
 }
+
+/// After the deadline, how long tasks get to log what they abandon and close their connections.
+const ABORT_GRACE: Duration = Duration::from_secs(1);
 
 impl Proxy {
     /// Binds the listeners and starts the pools; returns once eppmux is accepting clients.
@@ -71,6 +79,7 @@ impl Proxy {
         };
 
         let tasks = TaskTracker::new();
+        let abort = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
         let (greeting_tx, greeting_rx) = watch::channel(None);
         let settings = PoolSettings {
@@ -83,15 +92,16 @@ impl Proxy {
             .map(|acc| Account {
                 clid: acc.clid.clone(),
                 password: acc.password.clone(),
-                pool: Pool::start(
-                    acc.clone(),
+                pool: Pool::start(PoolParts {
+                    account: acc.clone(),
                     settings,
-                    target.clone(),
-                    greeting_tx.clone(),
-                    metrics.clone(),
-                    shutdown.clone(),
-                    tasks.clone(),
-                ),
+                    target: target.clone(),
+                    greeting: greeting_tx.clone(),
+                    metrics: metrics.clone(),
+                    shutdown: shutdown.clone(),
+                    abort: abort.clone(),
+                    tasks: tasks.clone(),
+                }),
             })
             .collect();
         let pools: Vec<Pool> = accounts.iter().map(|a| a.pool.clone()).collect();
@@ -146,20 +156,28 @@ impl Proxy {
             pools,
             metrics,
             shutdown,
+            abort,
+            shutdown_timeout: cfg.shutdown_timeout,
             tasks,
         })
     }
 
-    /// Stops accepting, closes idle clients, logs out of every upstream session, and returns when
-    /// all of that is done.
-    pub async fn shutdown(self) {
+    /// Stops accepting, closes idle clients, lets in-flight commands finish, logs out of every
+    /// upstream session, and returns when all of that is done — or, past the configured shutdown
+    /// timeout, abandons what is left (each task logs what it gives up) and returns false.
+    pub async fn shutdown(self) -> bool {
         self.shutdown.cancel();
         self.tasks.close();
-        self.tasks.wait().await;
-    }
-
-    pub fn token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        if tokio::time::timeout(self.shutdown_timeout, self.tasks.wait())
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        warn!(deadline = ?self.shutdown_timeout, "shutdown deadline passed: abandoning what is still in flight");
+        self.abort.cancel();
+        let _ = tokio::time::timeout(ABORT_GRACE, self.tasks.wait()).await;
+        false
     }
 }
 

@@ -84,6 +84,9 @@ pub fn proxy_config(upstream: SocketAddr) -> Config {
             obj_uris: None,
             ext_uris: None,
             lifecycle: Default::default(),
+            // Tests churn sessions on purpose; the budget's own tests set it low.
+            max_logins_per_minute: Some(6000),
+            max_commands_per_second: None,
         }],
         limits: Default::default(),
         greeting_wait: Duration::from_secs(5),

@@ -1,0 +1,102 @@
+//! Registry sessions. [`session`] speaks the protocol of one session (connect, mutual TLS,
+//! greeting, `<login>`, frames, `<hello>`, `<logout>`); [`answer`] decides which command an
+//! answer belongs to; [`run`] is the life of one pooled session, from opening to logout, with
+//! several commands in flight when pipelining is on. When sessions open and what they carry is
+//! the pool's business (`crate::pool`), which drives `run` through its [`run::Owner`] trait.
+
+pub mod answer;
+pub mod run;
+pub mod session;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rustls_pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+use crate::config::UpstreamConfig;
+use crate::tls::TlsError;
+
+pub use session::{OpenTimings, Session};
+
+/// What every session of every account shares: where the registry is and how to reach it.
+pub struct UpstreamTarget {
+    pub addr: String,
+    pub server_name: ServerName<'static>,
+    pub connector: TlsConnector,
+    pub step_timeout: Duration,
+    pub response_timeout: Duration,
+    pub max_frame: usize,
+}
+
+impl UpstreamTarget {
+    pub fn new(cfg: &UpstreamConfig, max_frame: usize) -> Result<Self, TlsError> {
+        let tls = crate::tls::client_config(cfg.ca.as_deref(), Some((&cfg.cert, &cfg.key)))?;
+        let server_name = ServerName::try_from(cfg.server_name.clone()).map_err(|e| {
+            TlsError::Config(format!("upstream_server_name `{}`: {e}", cfg.server_name))
+        })?;
+        Ok(Self {
+            addr: cfg.addr.clone(),
+            server_name,
+            connector: TlsConnector::from(tls),
+            step_timeout: cfg.step_timeout,
+            response_timeout: cfg.response_timeout,
+            max_frame,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("{step} timed out after {after:?}")]
+    Timeout { step: &'static str, after: Duration },
+    #[error("registry closed the connection during {0}")]
+    Closed(&'static str),
+    #[error("reading {step}: {source}")]
+    Frame {
+        step: &'static str,
+        source: crate::frame::FrameError,
+    },
+    #[error("{step}: unexpected message from the registry: {detail}")]
+    Unexpected { step: &'static str, detail: String },
+    #[error("login refused by the registry: {code} {msg}")]
+    LoginRefused { code: u16, msg: String },
+}
+
+impl OpenError {
+    pub fn login_code(&self) -> Option<u16> {
+        match self {
+            OpenError::LoginRefused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Why a forwarded command has no response for its client.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ExchangeError {
+    /// The command was written (or may have been): the registry may have executed it.
+    #[error("response lost: {0}")]
+    Lost(String),
+    /// A response came back but is not this command's: the session is out of step.
+    #[error("registry answered clTRID {got:?} to a command with clTRID {expected:?}")]
+    OutOfStep {
+        expected: Option<String>,
+        got: Option<String>,
+    },
+}
+
+/// A registry response, with its result code already read.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub frame: Bytes,
+    pub code: u16,
+    pub msg: String,
+}
