@@ -135,7 +135,7 @@ where
         info!(waited = ?ctx.greeting_wait, "closing: no registry greeting yet (is the registry reachable?)");
         return;
     };
-    if let Err(e) = framed.send(greeting).await {
+    if let Err(e) = send(framed, greeting, ctx).await {
         debug!(error = %e, "client went away before the greeting");
         return;
     }
@@ -175,14 +175,36 @@ where
         let (answer, next) = handle_frame(&frame, &mut state, peer, ctx).await;
         deadline = Instant::now() + limits.idle_timeout;
         if let Some(answer) = answer {
-            if let Err(e) = framed.send(answer).await {
-                debug!(error = %e, "client went away before its answer");
+            if let Err(e) = send(framed, answer, ctx).await {
+                debug!(error = %e, "client did not take its answer");
                 return;
             }
         }
         if let Next::Close = next {
             return;
         }
+    }
+}
+
+/// Writes one frame to the client. A client that stops reading would hold the write (and so
+/// eppmux's shutdown) forever: once eppmux is shutting down, it gets [`CLOSE_WAIT`] more.
+async fn send<S>(
+    framed: &mut Framed<S, ClientCodec>,
+    frame: Bytes,
+    ctx: &ClientContext,
+) -> Result<(), FrameError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::select! {
+        sent = framed.send(frame) => sent,
+        _ = async {
+            ctx.shutdown.cancelled().await;
+            tokio::time::sleep(CLOSE_WAIT).await;
+        } => Err(FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "eppmux is shutting down and the client is not reading",
+        ))),
     }
 }
 
@@ -215,7 +237,7 @@ where
                 None,
                 &ctx.next_svtrid(),
             );
-            let _ = framed.send(answer).await;
+            let _ = send(framed, answer, ctx).await;
         }
         FrameError::Truncated(_) => {
             ctx.reject("truncated");
@@ -381,7 +403,14 @@ async fn forward(
                 latency_us = started.elapsed().as_micros() as u64,
                 "forwarded"
             );
-            (Some(reply.frame), Next::Continue)
+            // 1500 means the registry ended the session (a logout it read differently from us):
+            // the client asked for that, so its connection ends too.
+            let next = if reply.code == epp::code::ENDING_SESSION {
+                Next::Close
+            } else {
+                Next::Continue
+            };
+            (Some(reply.frame), next)
         }
         Err(PoolError::Lost(e)) => {
             // The registry may have executed it: only the client can decide whether to retry, and a

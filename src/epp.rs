@@ -494,6 +494,11 @@ pub fn is_not_logged_in(code: u16, msg: &str) -> bool {
         "session has expired",
         "session timed out",
         "not authenticated",
+        "must be logged in",
+        "login first",
+        "please log in",
+        "please login",
+        "not logged on",
     ]
     .iter()
     .any(|phrase| words.contains(phrase))
@@ -682,6 +687,9 @@ mod tests {
             "not-logged-in",
             "Session expired, please login",
             "Login required",
+            "You must be logged in",
+            "Please login first",
+            "Please log in",
         ] {
             assert!(is_not_logged_in(2002, msg), "{msg}");
         }

@@ -97,7 +97,14 @@ async fn handle(
     let Some(tls) = tls else {
         return client_session::serve(stream, who, ctx).await;
     };
-    let mut tls_stream = match timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
+    // Raced with shutdown: a client that never finishes its handshake must not hold eppmux's exit.
+    let handshake = tokio::select! {
+        h = timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)) => h,
+        _ = ctx.shutdown.cancelled() => {
+            return debug!("closing: eppmux is shutting down during the client's TLS handshake");
+        }
+    };
+    let mut tls_stream = match handshake {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             refused(&ctx, "tls", "tls_handshake");

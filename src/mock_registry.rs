@@ -56,6 +56,13 @@ pub struct MockConfig {
     pub idle_forget: bool,
     pub chaos: Option<Chaos>,
     pub max_frame: usize,
+    /// What a forgotten session answers (with 2002); registries word it differently.
+    pub forgotten_message: String,
+    /// Answer commands whose clTRID the EPP schema refuses (shorter than 3 or longer than 64
+    /// characters) with 2001 and no clTRID, as schema-validating registries do.
+    pub strict_cltrid: bool,
+    /// Time the registry takes to check a login (passwords, audit rows), before answering it.
+    pub login_latency: Duration,
 }
 
 impl Default for MockConfig {
@@ -69,6 +76,9 @@ impl Default for MockConfig {
             idle_forget: false,
             chaos: None,
             max_frame: crate::frame::DEFAULT_MAX_FRAME,
+            forgotten_message: NOT_LOGGED_IN.to_string(),
+            strict_cltrid: false,
+            login_latency: Duration::ZERO,
         }
     }
 }
@@ -95,6 +105,16 @@ pub enum Fault {
     MalformedResponse,
     /// Answer normally, then send a second response that nothing asked for (no clTRID).
     Unsolicited,
+    /// Process the command and answer, then send the very same answer again after this delay
+    /// (same clTRID, same svTRID), as a registry that retransmits does.
+    AnswerTwice(Duration),
+    /// Answer 2001 without clTRID and without processing, as a registry does to a command it
+    /// cannot read.
+    NoClTrid,
+    /// Answer 2002 "Command use error" without processing; the session stays logged in.
+    UseError,
+    /// Stop reading from the connection and answer nothing more; close after the idle timeout.
+    StopReading,
 }
 
 impl Fault {
@@ -109,6 +129,10 @@ impl Fault {
             Fault::OversizeResponse => "oversize-response",
             Fault::MalformedResponse => "malformed-response",
             Fault::Unsolicited => "unsolicited-response",
+            Fault::AnswerTwice(_) => "answer-twice",
+            Fault::NoClTrid => "no-cltrid-2001",
+            Fault::UseError => "2002-use-error",
+            Fault::StopReading => "stop-reading",
         }
     }
 }
@@ -173,6 +197,8 @@ pub struct MockStats {
     pub idle_timeouts: AtomicUsize,
     /// Most commands one session had received and not yet answered (pipelining depth seen).
     pub peak_in_flight: AtomicUsize,
+    /// Frames received on all connections (counted as they arrive, before processing).
+    pub frames_received: AtomicUsize,
 }
 
 struct Shared {
@@ -183,6 +209,8 @@ struct Shared {
     changed: watch::Sender<()>,
     held: watch::Sender<usize>,
     release: Semaphore,
+    /// False: every session stops reading from its connection (see [`MockRegistry::stop_reading`]).
+    reading: watch::Sender<bool>,
     svtrid: AtomicU64,
     roid: AtomicU64,
 }
@@ -208,7 +236,7 @@ impl Shared {
             Some(f) => Some(f),
             None => match st.chaos.as_mut() {
                 Some((chaos, rng)) => {
-                    (rng.f64() < chaos.command_fault_probability).then(|| match rng.u8(0..9) {
+                    (rng.f64() < chaos.command_fault_probability).then(|| match rng.u8(0..12) {
                         0 => Fault::DropBeforeExecute,
                         1 => Fault::DropAfterExecute,
                         2 => Fault::NotLoggedIn,
@@ -217,7 +245,10 @@ impl Shared {
                         5 => Fault::StallMidFrame,
                         6 => Fault::OversizeResponse,
                         7 => Fault::MalformedResponse,
-                        _ => Fault::Unsolicited,
+                        8 => Fault::Unsolicited,
+                        9 => Fault::AnswerTwice(chaos.max_delay.mul_f64(rng.f64())),
+                        10 => Fault::NoClTrid,
+                        _ => Fault::StopReading,
                     })
                 }
                 None => None,
@@ -276,6 +307,7 @@ impl MockRegistry {
             changed: watch::Sender::new(()),
             held: watch::Sender::new(0),
             release: Semaphore::new(0),
+            reading: watch::Sender::new(true),
             svtrid: AtomicU64::new(1),
             roid: AtomicU64::new(1),
         });
@@ -344,6 +376,17 @@ impl MockRegistry {
     pub async fn wait_held(&self, n: usize) {
         let mut rx = self.shared.held.subscribe();
         let _ = rx.wait_for(|held| *held >= n).await;
+    }
+
+    /// From now on no session reads from its connection (a registry that stopped reading:
+    /// writes to it stall once the socket buffers are full).
+    pub fn stop_reading(&self) {
+        self.shared.reading.send_replace(false);
+    }
+
+    /// Sessions read from their connections again (new ones, and those not stopped by a fault).
+    pub fn resume_reading(&self) {
+        self.shared.reading.send_replace(true);
     }
 
     /// Lets `n` held commands complete.
@@ -415,6 +458,15 @@ async fn accept_loop(
     }
 }
 
+/// Waits until the reading switch is `want` (forever if the registry is gone).
+async fn until(switch: &mut watch::Receiver<bool>, want: bool) {
+    while *switch.borrow_and_update() != want {
+        if switch.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// What the session loop does after answering.
 #[derive(PartialEq, Eq)]
 enum After {
@@ -462,22 +514,39 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let mut reader = FramedRead::new(rd, codec.clone());
     let mut writer = FramedWrite::new(wr, codec);
     let done = CancellationToken::new();
+    // Cancelled when this session stops reading (a fault).
+    let mute = CancellationToken::new();
 
     let (in_tx, mut inbox) = mpsc::unbounded_channel::<(Instant, Bytes)>();
     // Received and not yet answered, for the pipelining statistics.
     let unanswered = Arc::new(AtomicUsize::new(0));
     let reading = {
         let done = done.clone();
+        let mute = mute.clone();
         let unanswered = unanswered.clone();
         let shared = shared.clone();
+        let mut switch = shared.reading.subscribe();
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
                     n = reader.next() => n,
                     _ = done.cancelled() => break,
+                    // Stopped reading, the connection stays open: writes to it stall once the
+                    // socket buffers are full, as they do with a registry that stopped reading.
+                    _ = mute.cancelled() => {
+                        done.cancelled().await;
+                        break;
+                    }
+                    _ = until(&mut switch, false) => {
+                        tokio::select! {
+                            _ = until(&mut switch, true) => continue,
+                            _ = done.cancelled() => break,
+                        }
+                    }
                 };
                 match next {
                     Some(Ok(frame)) => {
+                        shared.bump(&shared.stats.frames_received);
                         let n = unanswered.fetch_add(1, Ordering::Relaxed) + 1;
                         if shared.stats.peak_in_flight.fetch_max(n, Ordering::Relaxed) < n {
                             shared.changed.send_replace(());
@@ -567,11 +636,33 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             Some(Fault::DropBeforeExecute) => break,
             Some(Fault::NotLoggedIn) => session.forgotten = true,
             Some(Fault::Delay(d)) => sleep(d).await,
-            Some(Fault::Close2500) => {
-                let cltrid = match &sniffed {
-                    Ok(Message::Command(c)) => c.cltrid.clone(),
-                    _ => None,
+            Some(Fault::StopReading) => {
+                mute.cancel();
+                tokio::select! {
+                    _ = sleep(shared.cfg.idle_timeout) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                break;
+            }
+            Some(Fault::NoClTrid) | Some(Fault::UseError) => {
+                let (code, msg, cltrid) = if fault == Some(Fault::NoClTrid) {
+                    (2001, "Command syntax error", None)
+                } else {
+                    (2002, "Command use error", command_cltrid(&sniffed))
                 };
+                let response = epp::response(code, msg, cltrid.as_deref(), &shared.svtrid());
+                shared.state().transcript.push(Exchange {
+                    connection: id,
+                    command: frame,
+                    response: response.clone(),
+                });
+                shared.bump(&shared.stats.commands);
+                send(made, Out::Frame(response));
+                unanswered.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            Some(Fault::Close2500) => {
+                let cltrid = command_cltrid(&sniffed);
                 send(
                     made,
                     Out::Frame(epp::response(
@@ -619,7 +710,12 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             }
             _ => {}
         }
-        send(made, Out::Frame(response));
+        if let Some(Fault::AnswerTwice(after_delay)) = fault {
+            send(made, Out::Frame(response.clone()));
+            send(made + after_delay, Out::Frame(response));
+        } else {
+            send(made, Out::Frame(response));
+        }
         unanswered.fetch_sub(1, Ordering::Relaxed);
         if after == After::Close {
             break;
@@ -646,6 +742,13 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     debug!("mock registry session ended");
 }
 
+fn command_cltrid(sniffed: &Result<Message, epp::SniffError>) -> Option<String> {
+    match sniffed {
+        Ok(Message::Command(c)) => c.cltrid.clone(),
+        _ => None,
+    }
+}
+
 async fn answer(
     frame: &[u8],
     sniffed: Result<Message, epp::SniffError>,
@@ -668,7 +771,21 @@ async fn answer(
             )
         }
     };
+    let cltrid_ok = cmd
+        .cltrid
+        .as_ref()
+        .map_or(true, |c| (3..=64).contains(&c.chars().count()));
+    if shared.cfg.strict_cltrid && !cltrid_ok {
+        // The schema refuses the frame, so its clTRID is not "read" either.
+        return (
+            reply(2001, "Command syntax error: clTRID length", None),
+            After::Continue,
+        );
+    }
     let Some(owner) = session.clid.clone() else {
+        if cmd.verb == "login" && !shared.cfg.login_latency.is_zero() {
+            sleep(shared.cfg.login_latency).await;
+        }
         return login(&cmd, session, shared, &sv);
     };
     if cmd.verb == "logout" {
@@ -683,7 +800,7 @@ async fn answer(
     }
     if session.forgotten {
         return (
-            reply(2002, NOT_LOGGED_IN, cmd.cltrid.as_deref()),
+            reply(2002, &shared.cfg.forgotten_message, cmd.cltrid.as_deref()),
             After::Continue,
         );
     }

@@ -1,8 +1,11 @@
 //! Chaos soak: many clients issue unique creates and checks through eppmux while the mock registry
 //! injects every fault at random (drops before and after executing, 2002 "not logged in", 2500,
-//! delays, stalls mid-frame, refused logins). At the end, from the registry's ledger and the
+//! delays, stalls mid-frame, answers sent twice, answers without clTRID, registries that stop
+//! reading, refused logins). At the end, from the registry's ledger and transcript and the
 //! clients' own logs: no transform ran twice, every client got its own answer or a clean close
-//! between frames, nothing was misrouted, and the pool recovered to its configured size.
+//! between frames, nothing was misrouted, a create was reported lost only when the registry did
+//! not answer it as not executed, eppmux never held more than pool_max sessions nor logged in
+//! faster than its budget, and the pool recovered to its configured size.
 //!
 //! Bounded by command count (CHAOS_CLIENTS × CHAOS_COMMANDS, defaults 32 × 100) and by a
 //! two-minute guard. Figures are printed at the end:
@@ -11,6 +14,9 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,10 +41,12 @@ struct ClientLog {
     misrouted: usize,
     exhausted_2400: usize,
     relayed_2500: usize,
+    /// Answers without clTRID to a command the registry could not read, relayed.
+    unreadable_2001: usize,
     unexpected: Vec<String>,
     /// Creates the client saw succeed.
     created: Vec<String>,
-    /// Creates answered with a failure that means "not executed" (2400, 2500).
+    /// Creates answered with a failure that means "not executed" (2400, 2500, 2001).
     not_executed: Vec<String>,
     /// Creates whose connection closed before an answer: the client does not know.
     unknown: Vec<String>,
@@ -101,7 +109,9 @@ async fn run_client(
                         continue;
                     }
                 };
-                if r.cltrid.as_deref() != Some(cltrid.as_str()) {
+                // A registry that could not read a command answers 2001 without its clTRID.
+                let unreadable = r.code == 2001 && r.cltrid.is_none();
+                if r.cltrid.as_deref() != Some(cltrid.as_str()) && !unreadable {
                     log.misrouted += 1;
                     continue;
                 }
@@ -113,11 +123,11 @@ async fn run_client(
                             log.created.push(name);
                         }
                     }
-                    2400 | 2500 => {
-                        if r.code == 2400 {
-                            log.exhausted_2400 += 1;
-                        } else {
-                            log.relayed_2500 += 1;
+                    2400 | 2500 | 2001 => {
+                        match r.code {
+                            2400 => log.exhausted_2400 += 1,
+                            2500 => log.relayed_2500 += 1,
+                            _ => log.unreadable_2001 += 1,
                         }
                         if create {
                             log.not_executed.push(name);
@@ -138,12 +148,15 @@ async fn chaos_soak() {
     soak(1, 32, 100).await;
 }
 
-/// The same with three commands in flight per upstream session: every in-flight command of a
+/// The same with four commands in flight per upstream session: every in-flight command of a
 /// failing session must follow the same safety rule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_soak_pipelined() {
-    soak(3, 24, 60).await;
+    soak(4, 24, 60).await;
 }
+
+/// The login budget of the soak: a burst of pool_max, then this many a minute.
+const LOGINS_PER_MINUTE: u32 = 1200;
 
 async fn soak(depth: usize, default_clients: u64, default_commands: u64) {
     let clients = env_or("CHAOS_CLIENTS", default_clients) as usize;
@@ -158,6 +171,8 @@ async fn soak(depth: usize, default_clients: u64, default_commands: u64) {
     let mock_cfg = MockConfig {
         chaos: Some(chaos),
         latency: Duration::from_millis(1),
+        // Sessions that stopped reading are closed by the registry after this.
+        idle_timeout: Duration::from_secs(3),
         ..MockConfig::default()
     };
     let (pool_min, pool_max) = (3, 5);
@@ -166,6 +181,7 @@ async fn soak(depth: usize, default_clients: u64, default_commands: u64) {
         cfg.accounts[0].pool_max = pool_max;
         cfg.accounts[0].lifecycle.keepalive = Some(Duration::from_millis(200));
         cfg.accounts[0].lifecycle.pipeline_depth = depth;
+        cfg.accounts[0].max_logins_per_minute = Some(LOGINS_PER_MINUTE);
         cfg.upstream.response_timeout = Duration::from_millis(500);
         cfg.upstream.step_timeout = Duration::from_secs(2);
         cfg.queue_wait = Duration::from_secs(3);
@@ -173,6 +189,19 @@ async fn soak(depth: usize, default_clients: u64, default_commands: u64) {
     })
     .await;
     let started = Instant::now();
+    // The most sessions eppmux held or was opening at any moment.
+    let peak = Arc::new(AtomicUsize::new(0));
+    let watcher = {
+        let pool = h.proxy.pools[0].clone();
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            pool.wait_for(|s| {
+                peak.fetch_max(s.live + s.connecting, Relaxed);
+                false
+            })
+            .await
+        })
+    };
     let (tls, plain) = (h.proxy.tls_addr.unwrap(), h.proxy.plain_addr.unwrap());
     let tasks: Vec<_> = (0..clients)
         .map(|id| tokio::spawn(run_client(id, commands, tls, plain)))
@@ -187,6 +216,8 @@ async fn soak(depth: usize, default_clients: u64, default_commands: u64) {
         .await
         .expect("chaos clients finished within two minutes");
     let elapsed = started.elapsed();
+    let logins = h.mock.stats().login_attempts.load(Relaxed);
+    let budget = pool_max as f64 + f64::from(LOGINS_PER_MINUTE) * elapsed.as_secs_f64() / 60.0;
 
     // Faults off: the pool must come back to its configured size by itself.
     h.mock.set_chaos(None);
@@ -231,6 +262,29 @@ async fn soak(depth: usize, default_clients: u64, default_commands: u64) {
         .flat_map(|l| &l.unknown)
         .filter(|n| executed.contains_key(*n))
         .count();
+    // A create reported lost must be one whose outcome eppmux could not know: not one the
+    // registry only ever answered "not executed" (2002 not logged in, 2001).
+    let mut answered_not_executed: HashMap<String, bool> = HashMap::new();
+    for x in h.mock.transcript() {
+        let text = String::from_utf8_lossy(&x.command).into_owned();
+        let Some(name) = logs
+            .iter()
+            .flat_map(|l| &l.unknown)
+            .find(|n| text.contains(&format!(">{n}<")))
+        else {
+            continue;
+        };
+        let not_executed = matches!(epp::sniff(&x.response), Ok(Message::Response(r)) if r.code == 2002 || r.code == 2001);
+        let entry = answered_not_executed.entry(name.clone()).or_insert(true);
+        *entry &= not_executed;
+    }
+    for (name, only_not_executed) in &answered_not_executed {
+        if *only_not_executed {
+            problems.push(format!(
+                "{name}: reported lost, but the registry answered it as not executed"
+            ));
+        }
+    }
     let counters = pool.counters();
     let faults = h.mock.faults_injected();
     let mut fault_list: Vec<_> = faults.iter().collect();
@@ -261,6 +315,8 @@ async fn soak(depth: usize, default_clients: u64, default_commands: u64) {
         counters.handoffs
     );
     println!("replays refused          {}", counters.refused_replays);
+    println!("relayed 2001 (no clTRID)  {}", total(|l| l.unreadable_2001));
+    println!("duplicate answers dropped {}", counters.duplicate_answers);
     println!("duplicates               {duplicates}");
     println!("misrouted                {misrouted}");
     println!("unclean closes           {unclean}");
@@ -269,8 +325,13 @@ async fn soak(depth: usize, default_clients: u64, default_commands: u64) {
         counters.sessions_opened, counters.sessions_lost
     );
     println!(
-        "pool after recovery      live {} (pool_min {pool_min}, pool_max {pool_max})",
-        stats.live
+        "pool after recovery      live {} (pool_min {pool_min}, pool_max {pool_max}); peak live+opening {}",
+        stats.live,
+        peak.load(Relaxed)
+    );
+    println!(
+        "registry logins          {logins} (budget {budget:.0}; budget waits {})",
+        counters.login_budget_waits
     );
 
     assert_eq!(duplicates, 0, "a transform ran twice");
@@ -282,5 +343,14 @@ async fn soak(depth: usize, default_clients: u64, default_commands: u64) {
         "the soak injected no fault"
     );
     assert!(stats.live >= pool_min && stats.live <= pool_max);
+    assert!(
+        peak.load(Relaxed) <= pool_max,
+        "eppmux held more than pool_max sessions"
+    );
+    assert!(
+        logins as f64 <= budget.floor() + 1.0,
+        "logins above the budget"
+    );
+    watcher.abort();
     h.stop().await;
 }

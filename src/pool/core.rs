@@ -281,6 +281,8 @@ pub struct PoolCore {
     /// Set while opening waits for the budget (counted once per wait).
     budget_blocked: bool,
     commands: Option<Bucket>,
+    /// The waiter last counted as held back by the command rate limit.
+    throttled_head: Option<WaiterId>,
     closing: bool,
     dead: usize,
     /// Sessions that ended or failed to open: the next ones opened are reconnects.
@@ -320,6 +322,7 @@ impl PoolCore {
             logins,
             budget_blocked: false,
             commands,
+            throttled_head: None,
             closing: false,
             dead: 0,
             to_replace: 0,
@@ -351,7 +354,6 @@ impl PoolCore {
                     self.assign(id);
                     return (Grant::Session(id), self.settled(now, Vec::new()));
                 }
-                self.counters.commands_throttled += 1;
             }
         }
         if !front && self.waiters.len() >= self.limits.queue_max {
@@ -740,6 +742,11 @@ impl PoolCore {
         while let Some(&waiter) = self.waiters.front() {
             let Some(id) = self.pick() else { break };
             if !self.take_command_token(now) {
+                // A session is free, so this command waits for the rate limit: count it once.
+                if self.throttled_head != Some(waiter) {
+                    self.throttled_head = Some(waiter);
+                    self.counters.commands_throttled += 1;
+                }
                 break;
             }
             self.waiters.pop_front();

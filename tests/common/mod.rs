@@ -181,6 +181,17 @@ impl Client {
         }
     }
 
+    /// The same connection with another frame limit (for tests that send or expect huge frames).
+    pub fn with_max_frame(self, max: usize) -> Client {
+        let old = self.framed.into_parts();
+        let mut parts = tokio_util::codec::FramedParts::new::<Bytes>(old.io, EppCodec::new(max));
+        parts.read_buf = old.read_buf;
+        parts.write_buf = old.write_buf;
+        Client {
+            framed: Framed::from_parts(parts),
+        }
+    }
+
     pub async fn send(&mut self, frame: impl Into<Bytes>) {
         self.framed.send(frame.into()).await.unwrap();
     }
