@@ -40,6 +40,9 @@ async fn log_lines_stay_flat_over_many_session_rotations() {
         cfg.accounts[0].pool_min = 1;
         cfg.accounts[0].pool_max = 1;
         cfg.accounts[0].lifecycle.max_commands = Some(1);
+        // Replacements open straight from the retiring session's own events (as they do
+        // whenever the budget has room), not later from the pool's timer.
+        cfg.accounts[0].max_logins_per_minute = Some(1_000_000);
     })
     .await;
     let mut c = h.logged_in().await;
