@@ -21,10 +21,14 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::secret::Secret;
 
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub pools: Vec<Pool>,
+    /// When set, `/metrics` and `/status` need `Authorization: Bearer <token>`; the probes
+    /// (`/healthz`, `/readyz`) stay open for orchestrators.
+    pub token: Option<Secret>,
 }
 
 /// Serves the admin endpoint until `shutdown` is cancelled.
@@ -41,7 +45,7 @@ pub async fn serve(
                 Ok(pair) => pair,
                 Err(e) => {
                     warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(crate::listener::ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
@@ -72,7 +76,20 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
             "GET only\n".into(),
         );
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    if matches!(path, "/metrics" | "/status") && !authorised(req, state) {
+        let mut resp = reply(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "a bearer token is required\n".into(),
+        );
+        resp.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return resp;
+    }
+    match path {
         "/metrics" => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -107,6 +124,18 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
             "not found: /metrics /healthz /readyz /status\n".into(),
         ),
     }
+}
+
+/// True when no token is configured, or the request carries it (compared in constant time).
+fn authorised(req: &Request<Incoming>, state: &AdminState) -> bool {
+    let Some(token) = &state.token else {
+        return true;
+    };
+    req.headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| token.ct_eq(given.trim()))
 }
 
 /// Ready when every account has at least one logged-in session.

@@ -4,13 +4,18 @@
 //! Login, logout and hello are answered here; everything else goes to the registry byte for byte.
 //! Frames are handled one at a time, so a client that pipelines gets its answers in order. The
 //! connection is only ever closed between frames.
+//!
+//! Before login a client is held to less: frames of at most `max_frame_before_login` bytes, a
+//! login deadline, and eviction (oldest first) when `max_clients` is reached and a new connection
+//! arrives. Values a client chose are logged through [`crate::shown`].
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -19,18 +24,18 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::access::LoginLimiter;
-use crate::config::ClientLimits;
-use crate::epp::{self, Command, Message};
+use crate::access::{Admission, LoginLimiter, Source};
+use crate::config::{AccountConfig, ClientLimits};
+use crate::epp::{self, code, Command, Message};
 use crate::frame::{ClientCodec, FrameError, Incoming};
 use crate::metrics::{CommandLabel, Metrics, ReasonLabel};
 use crate::pool::{Pool, PoolError};
 use crate::secret::Secret;
+use crate::shown::shown;
 
 /// An account clients may log in as, and the pool its commands go to.
 pub struct Account {
-    pub clid: String,
-    pub password: Secret,
+    pub config: AccountConfig,
     pub pool: Pool,
 }
 
@@ -44,6 +49,10 @@ pub struct ClientContext {
     pub login_limiter: LoginLimiter,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
+    /// Connections that have not logged in, oldest first, and how to close each.
+    pre_login: Mutex<BTreeMap<u64, CancellationToken>>,
+    /// Connections per non-loopback source.
+    sources: Mutex<HashMap<Source, usize>>,
     svtrid: AtomicU64,
 }
 
@@ -64,6 +73,8 @@ impl ClientContext {
             login_limiter: LoginLimiter::new(cfg.limits.login_failures_per_minute),
             metrics,
             shutdown,
+            pre_login: Mutex::new(BTreeMap::new()),
+            sources: Mutex::new(HashMap::new()),
             svtrid: AtomicU64::new(1),
         }
     }
@@ -80,19 +91,108 @@ impl ClientContext {
         format!("eppmux-{}", self.svtrid.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Finds the account these credentials belong to. Every account is compared, each in constant
-    /// time, so the answer time says nothing about which part was wrong.
-    fn authenticate(&self, clid: &str, pw: &Secret) -> Option<&Account> {
+    fn answer(&self, code: u16, msg: &str, cltrid: Option<&str>) -> Bytes {
+        epp::response(code, msg, cltrid, &self.next_svtrid())
+    }
+
+    /// Finds the account these local credentials belong to. Every account is compared, each in
+    /// constant time, so the answer time says nothing about which part was wrong. A client
+    /// certificate listed for an account stands in for its password.
+    fn authenticate(&self, clid: &str, pw: &Secret, cert: Option<&str>) -> Option<&Account> {
         let mut found = None;
         for acc in &self.accounts {
-            let clid_ok = Secret::new(acc.clid.as_str()).ct_eq(clid);
-            let pw_ok = acc.password.ct_eq(pw.expose());
-            if clid_ok & pw_ok {
+            let local = &acc.config;
+            let clid_ok = Secret::new(local.local_clid()).ct_eq(clid);
+            let pw_ok = local.local_password().ct_eq(pw.expose());
+            let cert_ok = cert.is_some_and(|fp| local.local.client_certs.iter().any(|c| c == fp));
+            if clid_ok & (pw_ok | cert_ok) {
                 found = Some(acc);
             }
         }
         found
     }
+
+    /// Registers a connection that has not logged in; the token closes it when it is evicted.
+    pub fn enter_pre_login(&self, conn: u64) -> CancellationToken {
+        let token = CancellationToken::new();
+        lock(&self.pre_login).insert(conn, token.clone());
+        token
+    }
+
+    pub fn leave_pre_login(&self, conn: u64) {
+        lock(&self.pre_login).remove(&conn);
+    }
+
+    /// Closes the oldest connection that has not logged in, to make room; false if there is none.
+    pub fn evict_oldest_pre_login(&self) -> bool {
+        let oldest = lock(&self.pre_login).pop_first();
+        match oldest {
+            Some((conn, token)) => {
+                warn!(
+                    evicted = conn,
+                    "max_clients reached: closing the oldest connection that has not logged in"
+                );
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Counts a connection from `source` unless that host already has `max_clients_per_source`
+    /// (loopback is never capped here: every local client shares it).
+    pub fn enter_source(&self, source: Source) -> bool {
+        if source.is_loopback() {
+            return true;
+        }
+        let mut sources = lock(&self.sources);
+        let n = sources.entry(source).or_default();
+        if *n >= self.limits.max_clients_per_source {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub fn leave_source(&self, source: Source) {
+        if source.is_loopback() {
+            return;
+        }
+        let mut sources = lock(&self.sources);
+        if let Some(n) = sources.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                sources.remove(&source);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where a connection comes from.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub conn: u64,
+    pub ip: IpAddr,
+    /// SHA-256 fingerprint of the client certificate, when the client presented one.
+    pub cert: Option<String>,
+}
+
+/// A peer that does not take our TLS close_notify within this long is simply dropped.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// Read and write buffers above this size are given back after the frame that needed them.
+const SHRINK_ABOVE: usize = 64 * 1024;
+
+/// What to do with a frame once handled.
+enum Answer {
+    Reply(Bytes),
+    /// Reply, then close.
+    Last(Bytes),
+    /// Close without a word (a transform's response was lost).
+    Close,
 }
 
 enum State<'a> {
@@ -100,111 +200,274 @@ enum State<'a> {
     LoggedIn { account: &'a Account },
 }
 
-/// Where a connection comes from, for per-source limits.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    pub ip: IpAddr,
+/// One client connection being served.
+struct Conn<'a, S> {
+    framed: Framed<S, ClientCodec>,
+    peer: Peer,
+    ctx: &'a ClientContext,
+    state: State<'a>,
+    /// Cancelled to evict this connection while it has not logged in.
+    evict: CancellationToken,
+    login_deadline: Instant,
 }
-
-/// What to do after a frame has been answered.
-enum Next {
-    Continue,
-    Close,
-}
-
-/// A peer that does not take our TLS close_notify within this long is simply dropped.
-const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves one client connection until it logs out, closes, misbehaves or eppmux shuts down.
-pub async fn serve<S>(stream: S, peer: Peer, ctx: Arc<ClientContext>)
+/// `evict` closes it if it has not logged in yet.
+pub async fn serve<S>(stream: S, peer: Peer, ctx: &ClientContext, evict: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut framed = Framed::new(stream, ClientCodec::new(ctx.limits.max_frame));
-    run(&mut framed, peer, &ctx).await;
+    let conn_id = peer.conn;
+    let mut conn = Conn {
+        framed: Framed::new(stream, ClientCodec::new(ctx.limits.pre_login_max_frame())),
+        peer,
+        ctx,
+        state: State::Greeted { failures: 0 },
+        evict,
+        login_deadline: Instant::now() + ctx.limits.login_timeout,
+    };
+    conn.run().await;
+    ctx.leave_pre_login(conn_id);
     // Always between frames here. A TLS close_notify (or a TCP FIN) tells clients such as Python's
     // ssl module that the close is deliberate, not a truncation attack.
-    let _ = timeout(CLOSE_WAIT, framed.close()).await;
+    let _ = timeout(CLOSE_WAIT, conn.framed.close()).await;
 }
 
-async fn run<S>(framed: &mut Framed<S, ClientCodec>, peer: Peer, ctx: &ClientContext)
+impl<'a, S> Conn<'a, S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some(greeting) = wait_for_greeting(ctx).await else {
-        info!(waited = ?ctx.greeting_wait, "closing: no registry greeting yet (is the registry reachable?)");
-        return;
-    };
-    if let Err(e) = send(framed, greeting, ctx).await {
-        debug!(error = %e, "client went away before the greeting");
-        return;
-    }
-    let mut state = State::Greeted { failures: 0 };
-    let limits = ctx.limits;
-    // Between frames the idle timeout runs; once a frame has begun, the frame timeout.
-    let mut deadline = Instant::now() + limits.idle_timeout;
-    loop {
-        let frame = tokio::select! {
-            f = framed.next() => f,
-            _ = sleep_until(deadline) => {
-                if framed.codec().mid_frame() {
-                    ctx.reject("frame_timeout");
-                    warn!(timeout = ?limits.frame_timeout, "closing: frame not completed in time (slow or stalled client)");
-                } else {
-                    info!(timeout = ?limits.idle_timeout, "closing idle client connection");
-                }
-                return;
-            }
-            _ = ctx.shutdown.cancelled() => {
-                info!("closing client connection: eppmux is shutting down");
-                return;
-            }
+    async fn run(&mut self) {
+        let Some(greeting) = wait_for_greeting(self.ctx).await else {
+            info!(waited = ?self.ctx.greeting_wait, "closing: no registry greeting yet (is the registry reachable?)");
+            return;
         };
-        let frame = match frame {
-            None => {
-                debug!("client closed the connection");
-                return;
-            }
-            Some(Ok(Incoming::Begun)) => {
-                deadline = Instant::now() + limits.frame_timeout;
-                continue;
-            }
-            Some(Ok(Incoming::Frame(frame))) => frame,
-            Some(Err(e)) => return refuse_frame(framed, ctx, e).await,
-        };
-        let (answer, next) = handle_frame(&frame, &mut state, peer, ctx).await;
-        deadline = Instant::now() + limits.idle_timeout;
-        if let Some(answer) = answer {
-            if let Err(e) = send(framed, answer, ctx).await {
-                debug!(error = %e, "client did not take its answer");
-                return;
-            }
-        }
-        if let Next::Close = next {
+        if let Err(e) = self.send(greeting).await {
+            debug!(error = %e, "client went away before the greeting");
             return;
         }
+        let limits = self.ctx.limits;
+        // Between frames the idle timeout (and the login deadline) runs; within a frame, the
+        // frame timeout.
+        let mut frame_deadline = None;
+        loop {
+            let logged_in = matches!(self.state, State::LoggedIn { .. });
+            let idle_deadline = Instant::now() + limits.idle_timeout;
+            let deadline = match (frame_deadline, logged_in) {
+                (Some(d), _) => d,
+                (None, true) => idle_deadline,
+                (None, false) => idle_deadline.min(self.login_deadline),
+            };
+            let next = tokio::select! {
+                f = self.framed.next() => f,
+                _ = sleep_until(deadline) => return self.timed_out(frame_deadline.is_some(), logged_in),
+                _ = self.ctx.shutdown.cancelled() => {
+                    return info!("closing client connection: eppmux is shutting down");
+                }
+                _ = self.evict.cancelled(), if !logged_in => {
+                    return warn!("closing: evicted to admit a new connection (max_clients reached and this one had not logged in)");
+                }
+            };
+            let frame = match next {
+                None => return debug!("client closed the connection"),
+                Some(Ok(Incoming::Begun)) => {
+                    frame_deadline = Some(Instant::now() + limits.frame_timeout);
+                    continue;
+                }
+                Some(Ok(Incoming::Frame(frame))) => frame,
+                Some(Err(e)) => return self.refuse_frame(e).await,
+            };
+            frame_deadline = None;
+            let (reply, close) = match self.handle(&frame).await {
+                Answer::Reply(r) => (Some(r), false),
+                Answer::Last(r) => (Some(r), true),
+                Answer::Close => (None, true),
+            };
+            if let Some(reply) = reply {
+                if let Err(e) = self.send(reply).await {
+                    return debug!(error = %e, "client did not take its answer");
+                }
+            }
+            if close {
+                return;
+            }
+        }
     }
-}
 
-/// Writes one frame to the client. A client that stops reading would hold the write (and so
-/// eppmux's shutdown) forever: once eppmux is shutting down, it gets [`CLOSE_WAIT`] more.
-async fn send<S>(
-    framed: &mut Framed<S, ClientCodec>,
-    frame: Bytes,
-    ctx: &ClientContext,
-) -> Result<(), FrameError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    tokio::select! {
-        sent = framed.send(frame) => sent,
-        _ = async {
-            ctx.shutdown.cancelled().await;
-            tokio::time::sleep(CLOSE_WAIT).await;
-        } => Err(FrameError::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "eppmux is shutting down and the client is not reading",
-        ))),
+    fn timed_out(&self, mid_frame: bool, logged_in: bool) {
+        let limits = self.ctx.limits;
+        if mid_frame {
+            self.ctx.reject("frame_timeout");
+            warn!(timeout = ?limits.frame_timeout, "closing: frame not completed in time (slow or stalled client)");
+        } else if !logged_in && Instant::now() >= self.login_deadline {
+            self.ctx.reject("login_timeout");
+            warn!(timeout = ?limits.login_timeout, "closing: no login in time");
+        } else {
+            info!(timeout = ?limits.idle_timeout, "closing idle client connection");
+        }
+    }
+
+    /// Writes one frame to the client. A client that stops reading would hold the write (and so
+    /// eppmux's shutdown) forever: once eppmux is shutting down, it gets [`CLOSE_WAIT`] more.
+    async fn send(&mut self, frame: Bytes) -> Result<(), FrameError> {
+        let shutdown = &self.ctx.shutdown;
+        let sent = tokio::select! {
+            sent = self.framed.send(frame) => sent,
+            _ = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(CLOSE_WAIT).await;
+            } => Err(FrameError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "eppmux is shutting down and the client is not reading",
+            ))),
+        };
+        // One large answer must not keep its buffer for the life of the connection.
+        if self.framed.write_buffer().capacity() > SHRINK_ABOVE {
+            *self.framed.write_buffer_mut() = BytesMut::new();
+        }
+        sent
+    }
+
+    /// A frame the codec refused: say why (when the frame boundary is still known) and close,
+    /// since the stream cannot be re-synchronised after a bad header.
+    async fn refuse_frame(&mut self, e: FrameError) {
+        match &e {
+            FrameError::TooShort(_) | FrameError::TooLarge { .. } => {
+                self.ctx.reject(if matches!(e, FrameError::TooShort(_)) {
+                    "too_short"
+                } else {
+                    "too_large"
+                });
+                let before_login = matches!(self.state, State::Greeted { .. });
+                warn!(reason = %e, before_login, "closing client connection: bad frame header");
+                let answer = self.ctx.answer(
+                    code::SYNTAX_ERROR,
+                    &format!("Command syntax error: {e}"),
+                    None,
+                );
+                let _ = self.send(answer).await;
+            }
+            FrameError::Truncated(_) => {
+                self.ctx.reject("truncated");
+                info!(reason = %e, "client closed the connection mid-frame")
+            }
+            FrameError::Io(err) => debug!(error = %err, "client connection failed"),
+        }
+    }
+
+    async fn handle(&mut self, frame: &Bytes) -> Answer {
+        let ctx = self.ctx;
+        let cmd = match epp::sniff(frame) {
+            Ok(Message::Command(cmd)) => cmd,
+            Ok(Message::Hello) => {
+                return match ctx.greeting.borrow().clone() {
+                    Some(g) => Answer::Reply(g),
+                    None => Answer::Close,
+                }
+            }
+            Ok(other) => {
+                ctx.reject("not_a_command");
+                warn!(
+                    got = kind_name(&other),
+                    "refusing frame: clients send commands, not this"
+                );
+                let msg = "Command syntax error: expected <command> or <hello>";
+                return Answer::Reply(ctx.answer(code::SYNTAX_ERROR, msg, None));
+            }
+            Err(e) => {
+                ctx.reject(sniff_reason(&e));
+                let cltrid = epp::salvage_cltrid(frame);
+                let shown_cltrid = shown(cltrid.as_deref().unwrap_or(""));
+                warn!(reason = %shown(&e.to_string()), cltrid = %shown_cltrid, "refusing frame; nothing forwarded");
+                let msg = format!("Command syntax error: {e}");
+                return Answer::Reply(ctx.answer(code::SYNTAX_ERROR, &msg, cltrid.as_deref()));
+            }
+        };
+        let cltrid = cmd.cltrid.as_deref();
+        match (&self.state, cmd.verb.as_str()) {
+            (State::LoggedIn { .. }, "login") => {
+                let msg = "Command use error: already logged in";
+                Answer::Reply(ctx.answer(code::USE_ERROR, msg, cltrid))
+            }
+            (State::Greeted { .. }, "login") => self.login(&cmd).await,
+            (State::Greeted { .. }, _) => {
+                info!(command = %shown(&cmd.display_name()), "refusing command before login");
+                let msg = "Command use error: log in first";
+                Answer::Reply(ctx.answer(code::USE_ERROR, msg, cltrid))
+            }
+            (State::LoggedIn { .. }, "logout") => {
+                info!("client logged out");
+                let msg = "Command completed successfully; ending session";
+                Answer::Last(ctx.answer(code::ENDING_SESSION, msg, cltrid))
+            }
+            (State::LoggedIn { account }, _) => forward(frame, &cmd, account, ctx).await,
+        }
+    }
+
+    /// A `<login>` from a client that has not logged in: checked against the local credentials
+    /// of every account, within the login limiter's pace.
+    async fn login(&mut self, cmd: &Command) -> Answer {
+        let ctx = self.ctx;
+        let cltrid = cmd.cltrid.as_deref();
+        let login = cmd.login.clone().unwrap_or_default();
+        let clid = shown(&login.clid);
+        if login.has_new_pw {
+            warn!(%clid, "refusing login with newPW: password changes are not made through eppmux");
+            let msg = "Unimplemented option: password change (newPW) is not done through eppmux";
+            return Answer::Reply(ctx.answer(code::UNIMPLEMENTED_OPTION, msg, cltrid));
+        }
+        let ip = self.peer.ip;
+        match ctx.login_limiter.admit(ip, &login.clid, Instant::now()) {
+            Admission::Now => {}
+            Admission::At(turn) => {
+                debug!(%clid, "many failed logins from this host for this clID: waiting for a turn");
+                if !self.wait_until(turn).await {
+                    return Answer::Close;
+                }
+            }
+            Admission::Refused => {
+                warn!(%clid, source = %ip, "closing: too many login attempts from this host for this clID");
+                return self.auth_closing(cltrid);
+            }
+        }
+        if let Some(account) = ctx.authenticate(&login.clid, &login.pw, self.peer.cert.as_deref()) {
+            info!(%clid, account = %account.config.clid, "client logged in");
+            self.state = State::LoggedIn { account };
+            ctx.leave_pre_login(self.peer.conn);
+            self.framed.codec_mut().set_max_frame(ctx.limits.max_frame);
+            let msg = "Command completed successfully";
+            return Answer::Reply(ctx.answer(code::COMPLETED, msg, cltrid));
+        }
+        let pause = ctx
+            .login_limiter
+            .failed(ip, &login.clid, login.pw.expose(), Instant::now());
+        if !pause.is_zero() && !self.wait_until(Instant::now() + pause).await {
+            return Answer::Close;
+        }
+        let State::Greeted { failures } = &mut self.state else {
+            return Answer::Close;
+        };
+        *failures += 1;
+        if *failures >= ctx.limits.max_login_failures {
+            warn!(%clid, failures = *failures, "closing: too many failed logins on this connection");
+            return self.auth_closing(cltrid);
+        }
+        warn!(%clid, failures = *failures, "client login refused: wrong clID or password");
+        Answer::Reply(ctx.answer(code::AUTHENTICATION_ERROR, "Authentication error", cltrid))
+    }
+
+    fn auth_closing(&self, cltrid: Option<&str>) -> Answer {
+        let msg = "Authentication error; server closing connection";
+        Answer::Last(self.ctx.answer(code::AUTHENTICATION_CLOSING, msg, cltrid))
+    }
+
+    /// Waits until `at`; false when eppmux shuts down (or the connection is evicted) meanwhile.
+    async fn wait_until(&self, at: Instant) -> bool {
+        tokio::select! {
+            _ = sleep_until(at) => true,
+            _ = self.ctx.shutdown.cancelled() => false,
+            _ = self.evict.cancelled() => false,
+        }
     }
 }
 
@@ -217,241 +480,72 @@ async fn wait_for_greeting(ctx: &ClientContext) -> Option<Bytes> {
     }
 }
 
-/// A frame the codec refused: say why (when the frame boundary is still known) and close, since
-/// the stream cannot be re-synchronised after a bad header.
-async fn refuse_frame<S>(framed: &mut Framed<S, ClientCodec>, ctx: &ClientContext, e: FrameError)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    match &e {
-        FrameError::TooShort(_) | FrameError::TooLarge { .. } => {
-            ctx.reject(if matches!(e, FrameError::TooShort(_)) {
-                "too_short"
-            } else {
-                "too_large"
-            });
-            warn!(reason = %e, "closing client connection: bad frame header");
-            let answer = epp::response(
-                2001,
-                &format!("Command syntax error: {e}"),
-                None,
-                &ctx.next_svtrid(),
-            );
-            let _ = send(framed, answer, ctx).await;
-        }
-        FrameError::Truncated(_) => {
-            ctx.reject("truncated");
-            info!(reason = %e, "client closed the connection mid-frame")
-        }
-        FrameError::Io(err) => debug!(error = %err, "client connection failed"),
-    }
-}
-
-async fn handle_frame<'a>(
-    frame: &Bytes,
-    state: &mut State<'a>,
-    peer: Peer,
-    ctx: &'a ClientContext,
-) -> (Option<Bytes>, Next) {
-    let local = |code: u16, msg: &str, cltrid: Option<&str>| {
-        Some(epp::response(code, msg, cltrid, &ctx.next_svtrid()))
-    };
-    let cmd = match epp::sniff(frame) {
-        Ok(Message::Command(cmd)) => cmd,
-        Ok(Message::Hello) => return (ctx.greeting.borrow().clone(), Next::Continue),
-        Ok(other) => {
-            ctx.reject("not_a_command");
-            warn!(
-                got = kind_name(&other),
-                "refusing frame: clients send commands, not this"
-            );
-            return (
-                local(
-                    2001,
-                    "Command syntax error: expected <command> or <hello>",
-                    None,
-                ),
-                Next::Continue,
-            );
-        }
-        Err(e) => {
-            ctx.reject(sniff_reason(&e));
-            let cltrid = epp::salvage_cltrid(frame);
-            warn!(reason = %e, cltrid = cltrid.as_deref().unwrap_or(""), "refusing frame; nothing forwarded");
-            return (
-                local(
-                    2001,
-                    &format!("Command syntax error: {e}"),
-                    cltrid.as_deref(),
-                ),
-                Next::Continue,
-            );
-        }
-    };
-    let cltrid = cmd.cltrid.as_deref();
-    match (&mut *state, cmd.verb.as_str()) {
-        (State::LoggedIn { .. }, "login") => (
-            local(2002, "Command use error: already logged in", cltrid),
-            Next::Continue,
-        ),
-        (State::Greeted { failures }, "login") => {
-            let login = cmd.login.clone().unwrap_or_default();
-            if login.has_new_pw {
-                warn!(clid = %login.clid, "refusing login with newPW: password changes are not made through eppmux");
-                return (
-                    local(
-                        2102,
-                        "Unimplemented option: password change (newPW) is not done through eppmux",
-                        cltrid,
-                    ),
-                    Next::Continue,
-                );
-            }
-            if ctx.login_limiter.is_blocked(peer.ip) {
-                warn!(clid = %login.clid, source = %peer.ip, "closing: too many failed logins from this address in the last minute");
-                return (
-                    local(
-                        2501,
-                        "Authentication error; server closing connection",
-                        cltrid,
-                    ),
-                    Next::Close,
-                );
-            }
-            match ctx.authenticate(&login.clid, &login.pw) {
-                Some(account) => {
-                    info!(clid = %account.clid, "client logged in");
-                    *state = State::LoggedIn { account };
-                    (
-                        local(1000, "Command completed successfully", cltrid),
-                        Next::Continue,
-                    )
-                }
-                None => {
-                    *failures += 1;
-                    ctx.login_limiter.record_failure(peer.ip);
-                    if *failures >= ctx.limits.max_login_failures {
-                        warn!(clid = %login.clid, failures = *failures, "closing: too many failed logins");
-                        (
-                            local(
-                                2501,
-                                "Authentication error; server closing connection",
-                                cltrid,
-                            ),
-                            Next::Close,
-                        )
-                    } else {
-                        warn!(clid = %login.clid, failures = *failures, "client login refused: wrong clID or password");
-                        (local(2200, "Authentication error", cltrid), Next::Continue)
-                    }
-                }
-            }
-        }
-        (State::Greeted { .. }, _) => {
-            info!(command = %cmd.display_name(), "refusing command before login");
-            (
-                local(2002, "Command use error: log in first", cltrid),
-                Next::Continue,
-            )
-        }
-        (State::LoggedIn { .. }, "logout") => {
-            info!("client logged out");
-            (
-                local(
-                    1500,
-                    "Command completed successfully; ending session",
-                    cltrid,
-                ),
-                Next::Close,
-            )
-        }
-        (State::LoggedIn { account }, _) => forward(frame, &cmd, account, ctx).await,
-    }
-}
-
-async fn forward(
-    frame: &Bytes,
-    cmd: &Command,
-    account: &Account,
-    ctx: &ClientContext,
-) -> (Option<Bytes>, Next) {
+async fn forward(frame: &Bytes, cmd: &Command, account: &Account, ctx: &ClientContext) -> Answer {
     let started = Instant::now();
     let cltrid = cmd.cltrid.as_deref();
-    match account
+    let clid = &account.config.clid;
+    let name = cmd.display_name();
+    let result = account
         .pool
         .forward(frame.clone(), cltrid, cmd.is_query(), ctx.queue_wait)
-        .await
-    {
-        Ok(reply) => {
-            let elapsed = started.elapsed();
-            ctx.metrics
-                .commands
-                .get_or_create(&CommandLabel {
-                    account: account.clid.clone(),
-                    command: cmd.display_name(),
-                    code: reply.code,
-                })
-                .inc();
-            ctx.metrics
-                .command_duration
-                .get_or_create(&crate::metrics::account(&account.clid))
-                .observe(elapsed.as_secs_f64());
-            info!(
-                command = %cmd.display_name(),
-                cltrid = cltrid.unwrap_or(""),
-                result_code = reply.code,
-                latency_us = started.elapsed().as_micros() as u64,
-                "forwarded"
-            );
-            // 1500 means the registry ended the session (a logout it read differently from us):
-            // the client asked for that, so its connection ends too.
-            let next = if reply.code == epp::code::ENDING_SESSION {
-                Next::Close
-            } else {
-                Next::Continue
-            };
-            (Some(reply.frame), next)
-        }
+        .await;
+    let reply = match result {
+        Ok(reply) => reply,
         Err(PoolError::Lost(e)) => {
             // The registry may have executed it: only the client can decide whether to retry, and a
             // dropped connection is the signal it already handles for a registry that vanishes.
-            warn!(
-                command = %cmd.display_name(),
-                cltrid = cltrid.unwrap_or(""),
-                reason = %e,
-                "response lost; closing the client connection without replaying the command"
-            );
-            (None, Next::Close)
+            warn!(command = %shown(&name), cltrid = %shown(cltrid.unwrap_or("")), reason = %e, "response lost; closing the client connection without replaying the command");
+            return Answer::Close;
         }
-        Err(e) => {
-            let (msg, next) = match &e {
-                PoolError::Exhausted(waited) => (
-                    format!(
-                        "Command failed: no registry session became free within {} ms (eppmux pool exhausted); nothing was executed",
-                        waited.as_millis()
-                    ),
-                    Next::Continue,
-                ),
-                PoolError::QueueFull(n) => (
-                    format!("Command failed: {n} commands already wait for a registry session (eppmux pool exhausted); nothing was sent"),
-                    Next::Continue,
-                ),
-                PoolError::Unavailable(reason) => (
-                    format!("Command failed: eppmux has no registry session for this account ({reason}); nothing was sent"),
-                    Next::Continue,
-                ),
-                PoolError::ShuttingDown => (
-                    "Command failed: eppmux is shutting down; nothing was sent".to_string(),
-                    Next::Close,
-                ),
-                PoolError::Lost(_) => unreachable!("handled above"),
-            };
-            warn!(command = %cmd.display_name(), cltrid = cltrid.unwrap_or(""), reason = %e, "answering 2400; command not executed");
-            (
-                Some(epp::response(2400, &msg, cltrid, &ctx.next_svtrid())),
-                next,
-            )
-        }
+        Err(e) => return refused(&e, &name, cltrid, ctx),
+    };
+    let elapsed = started.elapsed();
+    ctx.metrics
+        .commands
+        .get_or_create(&CommandLabel {
+            account: clid.clone(),
+            command: name.clone(),
+            code: reply.code,
+        })
+        .inc();
+    ctx.metrics
+        .command_duration
+        .get_or_create(&crate::metrics::account(clid))
+        .observe(elapsed.as_secs_f64());
+    info!(
+        command = %shown(&name),
+        cltrid = %shown(cltrid.unwrap_or("")),
+        result_code = reply.code,
+        latency_us = elapsed.as_micros() as u64,
+        "forwarded"
+    );
+    // 1500 means the registry ended the session (a logout it read differently from us): the
+    // client asked for that, so its connection ends too.
+    if reply.code == code::ENDING_SESSION {
+        Answer::Last(reply.frame)
+    } else {
+        Answer::Reply(reply.frame)
+    }
+}
+
+/// The 2400 answer for a command the pool could not send; nothing was executed.
+fn refused(e: &PoolError, name: &str, cltrid: Option<&str>, ctx: &ClientContext) -> Answer {
+    let msg = match e {
+        PoolError::Exhausted(waited) => format!(
+            "Command failed: no registry session became free within {} ms (eppmux pool exhausted); nothing was executed",
+            waited.as_millis()
+        ),
+        PoolError::QueueFull { commands, bytes } => format!("Command failed: {commands} commands ({bytes} bytes) already wait for a registry session (eppmux pool exhausted); nothing was sent"),
+        PoolError::Unavailable(reason) => format!("Command failed: eppmux has no registry session for this account ({reason}); nothing was sent"),
+        PoolError::ShuttingDown => "Command failed: eppmux is shutting down; nothing was sent".to_string(),
+        PoolError::Lost(e) => format!("Command failed: {e}"),
+    };
+    warn!(command = %shown(name), cltrid = %shown(cltrid.unwrap_or("")), reason = %e, "answering 2400; command not executed");
+    let reply = ctx.answer(code::COMMAND_FAILED, &msg, cltrid);
+    if matches!(e, PoolError::ShuttingDown) {
+        Answer::Last(reply)
+    } else {
+        Answer::Reply(reply)
     }
 }
 

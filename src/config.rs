@@ -163,9 +163,26 @@ pub struct RunArgs {
     /// Most client connections at once, over all listeners [default: 4096].
     #[arg(long, env = "EPPMUX_MAX_CLIENTS", value_name = "N")]
     pub max_clients: Option<usize>,
-    /// Failed logins allowed per source address per minute; beyond, 2501 and close [default: 20].
+    /// Distinct wrong passwords per source and clID per minute before logins from there are
+    /// slowed (delayed, one at a time) [default: 20].
     #[arg(long, env = "EPPMUX_LOGIN_FAILURES_PER_MINUTE", value_name = "N")]
     pub login_failures_per_minute: Option<u32>,
+    /// Largest frame accepted from a client that has not logged in [default: 16384].
+    #[arg(long, env = "EPPMUX_MAX_FRAME_SIZE_BEFORE_LOGIN", value_name = "BYTES")]
+    pub max_frame_size_before_login: Option<usize>,
+    /// A client that has not logged in this long after connecting is closed [default: 30s].
+    #[arg(long, env = "EPPMUX_LOGIN_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub login_timeout: Option<Duration>,
+    /// Client connections at once from one non-loopback host (an IPv6 /64 counts as one) [default: 256].
+    #[arg(long, env = "EPPMUX_MAX_CLIENTS_PER_SOURCE", value_name = "N")]
+    pub max_clients_per_source: Option<usize>,
+    /// Bytes of commands waiting for a session per account; more get 2400 at once [default: 67108864].
+    #[arg(long, env = "EPPMUX_QUEUE_MAX_BYTES", value_name = "BYTES")]
+    pub queue_max_bytes: Option<usize>,
+    /// File with a bearer token the admin endpoint requires for /metrics and /status (or set
+    /// EPPMUX_ADMIN_TOKEN); /healthz and /readyz stay open [default: none].
+    #[arg(long, env = "EPPMUX_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Allow --listen (plain TCP, no encryption) on a non-loopback address.
     #[arg(long, env = "EPPMUX_ALLOW_INSECURE_PLAIN")]
     pub allow_insecure_plain: bool,
@@ -319,6 +336,11 @@ struct FileConfig {
     client_idle_timeout: Option<String>,
     max_clients: Option<usize>,
     login_failures_per_minute: Option<u32>,
+    max_frame_size_before_login: Option<usize>,
+    login_timeout: Option<String>,
+    max_clients_per_source: Option<usize>,
+    queue_max_bytes: Option<usize>,
+    admin_token_file: Option<PathBuf>,
     allow_insecure_plain: Option<bool>,
     tls_client_allow: Option<Vec<String>>,
     admin: Option<SocketAddr>,
@@ -344,6 +366,10 @@ struct FileAccount {
     pipeline_depth: Option<usize>,
     max_logins_per_minute: Option<u32>,
     max_commands_per_second: Option<f64>,
+    local_clid: Option<String>,
+    local_password: Option<String>,
+    local_password_file: Option<PathBuf>,
+    local_client_certs: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -378,9 +404,13 @@ pub struct ServerTls {
 /// The defaults of [`ClientLimits`].
 const LIMITS: ClientLimits = ClientLimits {
     max_frame: DEFAULT_MAX_FRAME,
+    // A login is well under 4 KiB; nothing bigger is needed before one.
+    max_frame_before_login: 16 * 1024,
     frame_timeout: Duration::from_secs(30),
     idle_timeout: Duration::from_secs(3600),
+    login_timeout: Duration::from_secs(30),
     max_clients: 4096,
+    max_clients_per_source: 256,
     max_login_failures: 3,
     login_failures_per_minute: 20,
 };
@@ -391,15 +421,27 @@ impl Default for ClientLimits {
     }
 }
 
+impl ClientLimits {
+    /// The frame limit before login: never above the limit after it.
+    pub fn pre_login_max_frame(&self) -> usize {
+        self.max_frame_before_login.min(self.max_frame)
+    }
+}
+
 /// Limits on what local clients may do.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct ClientLimits {
     pub max_frame: usize,
+    pub max_frame_before_login: usize,
     #[serde(serialize_with = "ser_duration")]
     pub frame_timeout: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub idle_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub login_timeout: Duration,
     pub max_clients: usize,
+    /// Per non-loopback host (see `access::Source`).
+    pub max_clients_per_source: usize,
     pub max_login_failures: u32,
     pub login_failures_per_minute: u32,
 }
@@ -419,6 +461,18 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
 }
 
+impl AccountConfig {
+    /// The clID local clients log in with.
+    pub fn local_clid(&self) -> &str {
+        self.local.clid.as_deref().unwrap_or(&self.clid)
+    }
+
+    /// The password local clients log in with.
+    pub fn local_password(&self) -> &Secret {
+        self.local.password.as_ref().unwrap_or(&self.password)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct AccountConfig {
     pub clid: String,
@@ -433,6 +487,21 @@ pub struct AccountConfig {
     pub max_logins_per_minute: Option<u32>,
     /// Commands sent per second at most; `None`: no limit.
     pub max_commands_per_second: Option<f64>,
+    /// What local clients log in with, when it should not be the registry's credentials.
+    pub local: LocalLogin,
+}
+
+/// Local credentials of an account, apart from the registry's, so that an application need not
+/// hold the registry password.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LocalLogin {
+    /// The clID local clients use; `None`: the registry clID.
+    pub clid: Option<String>,
+    /// The password local clients use; `None`: the registry password.
+    pub password: Option<Secret>,
+    /// Client certificates (SHA-256 fingerprints) that log in as this account whatever password
+    /// they send (needs `tls_client_ca`).
+    pub client_certs: Vec<String>,
 }
 
 /// How long an upstream session lives and how it is kept alive.
@@ -490,6 +559,10 @@ pub struct Config {
     pub queue_wait: Duration,
     /// Most commands waiting for a session, per account.
     pub queue_max: usize,
+    /// Most bytes of commands waiting for a session, per account.
+    pub queue_max_bytes: usize,
+    /// Bearer token for the admin endpoint's /metrics and /status.
+    pub admin_token: Option<Secret>,
     #[serde(serialize_with = "ser_duration")]
     pub session_limit_hold: Duration,
     #[serde(serialize_with = "ser_duration")]
@@ -499,6 +572,9 @@ pub struct Config {
 }
 
 const DEFAULT_POOL_MIN: usize = 1;
+/// 64 full-size frames: far above what a burst of real commands (a few KiB each) needs, and a
+/// bound on what a logged-in client can make eppmux hold.
+const DEFAULT_QUEUE_MAX_BYTES: usize = 64 * 1024 * 1024;
 const DEFAULT_POOL_MAX: usize = 4;
 
 impl Config {
@@ -705,9 +781,41 @@ impl Config {
                     ))
                 }
             };
+            let local_password = match (acc.local_password, rel(acc.local_password_file)) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "account.local_password",
+                        format!(
+                            "account {}: set local_password or local_password_file, not both",
+                            acc.clid
+                        ),
+                    ))
+                }
+                (Some(p), None) => Some(Secret::new(p)),
+                (None, Some(path)) => {
+                    Some(read_password_file("account.local_password_file", &path)?)
+                }
+                (None, None) => None,
+            };
+            let mut local_client_certs = Vec::new();
+            for fp in acc.local_client_certs.unwrap_or_default() {
+                local_client_certs.push(crate::access::normalise_fingerprint(&fp).ok_or_else(
+                    || {
+                        invalid(
+                            "account.local_client_certs",
+                            format!("`{fp}` is not a SHA-256 fingerprint (64 hex digits)"),
+                        )
+                    },
+                )?);
+            }
             accounts.push(AccountConfig {
                 clid: acc.clid,
                 password,
+                local: LocalLogin {
+                    clid: acc.local_clid,
+                    password: local_password,
+                    client_certs: local_client_certs,
+                },
                 pool_min: acc.pool_min.unwrap_or(DEFAULT_POOL_MIN),
                 pool_max: acc.pool_max.unwrap_or(DEFAULT_POOL_MAX),
                 obj_uris: acc.obj_uris,
@@ -731,6 +839,7 @@ impl Config {
             accounts.push(AccountConfig {
                 clid: clid.clone(),
                 password,
+                local: LocalLogin::default(),
                 pool_min: args.pool_min.unwrap_or(DEFAULT_POOL_MIN),
                 pool_max: args.pool_max.unwrap_or(DEFAULT_POOL_MAX),
                 obj_uris: None,
@@ -811,6 +920,26 @@ impl Config {
                     format!("account {} is configured twice", acc.clid),
                 ));
             }
+            if accounts[..i]
+                .iter()
+                .any(|a| a.local_clid() == acc.local_clid())
+            {
+                return Err(invalid(
+                    "account.local_clid",
+                    format!(
+                        "local clID {} is used by two accounts: a local login must name one",
+                        acc.local_clid()
+                    ),
+                ));
+            }
+            if !acc.local.client_certs.is_empty()
+                && tls.as_ref().is_none_or(|t| t.client_ca.is_none())
+            {
+                return Err(invalid(
+                    "account.local_client_certs",
+                    "needs tls_client_ca (client certificates are only asked for then)",
+                ));
+            }
         }
 
         let max_frame = args
@@ -830,6 +959,28 @@ impl Config {
         if max_login_failures == 0 {
             return Err(invalid("max_login_failures", "must be at least 1"));
         }
+        let max_frame_before_login = args
+            .max_frame_size_before_login
+            .or(file.max_frame_size_before_login)
+            .unwrap_or(LIMITS.max_frame_before_login)
+            .min(max_frame);
+        if max_frame_before_login < 64 {
+            return Err(invalid(
+                "max_frame_size_before_login",
+                "must be at least 64",
+            ));
+        }
+        let admin_token = match (
+            args.admin_token_file.clone().or(rel(file.admin_token_file)),
+            std::env::var("EPPMUX_ADMIN_TOKEN").ok(),
+        ) {
+            (Some(path), _) => Some(read_password_file("admin_token_file", &path)?),
+            (None, Some(token)) => Some(Secret::new(token)),
+            (None, None) => None,
+        };
+        if admin_token.as_ref().is_some_and(Secret::is_empty) {
+            return Err(invalid("admin_token_file", "the admin token is empty"));
+        }
         Ok(Config {
             listen,
             listen_tls,
@@ -838,6 +989,21 @@ impl Config {
             accounts,
             limits: ClientLimits {
                 max_frame,
+                max_frame_before_login,
+                login_timeout: dur(
+                    "login_timeout",
+                    args.login_timeout,
+                    file.login_timeout,
+                    LIMITS.login_timeout,
+                )?,
+                max_clients_per_source: match args
+                    .max_clients_per_source
+                    .or(file.max_clients_per_source)
+                    .unwrap_or(LIMITS.max_clients_per_source)
+                {
+                    0 => return Err(invalid("max_clients_per_source", "must be at least 1")),
+                    n => n,
+                },
                 frame_timeout: dur(
                     "frame_timeout",
                     args.frame_timeout,
@@ -881,6 +1047,20 @@ impl Config {
                 0 => return Err(invalid("queue_max", "must be at least 1")),
                 n => n,
             },
+            queue_max_bytes: match args
+                .queue_max_bytes
+                .or(file.queue_max_bytes)
+                .unwrap_or(DEFAULT_QUEUE_MAX_BYTES)
+            {
+                n if n < max_frame => {
+                    return Err(invalid(
+                        "queue_max_bytes",
+                        format!("{n} is below max_frame_size ({max_frame}): no command could wait"),
+                    ))
+                }
+                n => n,
+            },
+            admin_token,
             session_limit_hold: dur(
                 "session_limit_hold",
                 args.session_limit_hold,

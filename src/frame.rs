@@ -29,13 +29,6 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
-impl FrameError {
-    /// True for errors that come from what the peer sent (as opposed to the transport failing).
-    pub fn is_protocol(&self) -> bool {
-        !matches!(self, FrameError::Io(_))
-    }
-}
-
 /// Codec for EPP data units. Decoded items are the XML body without the header; encoding takes a
 /// body and writes header and body into one contiguous buffer, so a frame goes out in a single
 /// write (and a single TLS record where it fits) — epplib reads the header with one `recv(4)` and
@@ -141,7 +134,16 @@ impl ClientCodec {
     pub fn mid_frame(&self) -> bool {
         self.begun
     }
+
+    /// Changes the largest frame accepted (eppmux accepts less before a client has logged in).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.inner.max_frame = max_frame;
+    }
 }
+
+/// After a frame larger than this, the read buffer is given back rather than kept at that size
+/// for the life of the connection.
+const SHRINK_ABOVE: usize = 64 * 1024;
 
 impl Decoder for ClientCodec {
     type Item = Incoming;
@@ -152,6 +154,10 @@ impl Decoder for ClientCodec {
             Some(frame) => {
                 // Whatever follows in the buffer belongs to the next frame.
                 self.begun = false;
+                if src.capacity() > SHRINK_ABOVE {
+                    // The frame keeps the large allocation alive only as long as it lives.
+                    *src = BytesMut::from(&src[..]);
+                }
                 Ok(Some(Incoming::Frame(frame)))
             }
             None if !src.is_empty() && !self.begun => {
@@ -306,6 +312,29 @@ mod tests {
         );
         assert!(!codec.mid_frame());
         assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn the_read_buffer_shrinks_back_after_a_large_frame() {
+        let mut codec = ClientCodec::new(2 << 20);
+        let mut buf = BytesMut::from(&encode_frame(&vec![b'x'; 1 << 20])[..]);
+        buf.extend_from_slice(&encode_frame(b"<epp/>")[..3]);
+        let Some(Incoming::Frame(big)) = codec.decode(&mut buf).unwrap() else {
+            panic!("a frame")
+        };
+        assert_eq!(big.len(), 1 << 20);
+        assert!(
+            buf.capacity() <= SHRINK_ABOVE,
+            "{} bytes kept",
+            buf.capacity()
+        );
+        assert_eq!(buf.len(), 3, "the start of the next frame is kept");
+        codec.set_max_frame(64);
+        let mut buf = BytesMut::from(&encode_frame(&[b'x'; 100])[..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]

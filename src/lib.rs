@@ -18,5 +18,6 @@ pub mod mock_registry;
 pub mod pool;
 pub mod proxy;
 pub mod secret;
+pub mod shown;
 pub mod tls;
 pub mod upstream;

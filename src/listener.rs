@@ -10,18 +10,21 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use crate::client_session::{self, ClientContext, Peer};
+use crate::access::Source;
+use crate::client_session::{self, ClientContext, Peer, CLOSE_WAIT};
 use crate::metrics::{ListenerLabel, RefusedLabel};
 
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a failed accept (typically EMFILE), wait this long before the next.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -34,7 +37,8 @@ pub struct ListenerTls {
 }
 
 /// Accepts connections until `shutdown` is cancelled. `slots` is shared by all listeners: one
-/// permit per connected client.
+/// permit per connected client. When none is left, the oldest connection that has not logged in
+/// is closed to make room (a flood of idle connections cannot lock out clients that log in).
 pub async fn serve(
     listener: TcpListener,
     tls: Option<ListenerTls>,
@@ -56,28 +60,54 @@ pub async fn serve(
             Err(e) => {
                 // Typically EMFILE: pause instead of spinning, the backlog keeps the rest.
                 error!(listener = kind, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            refused(&ctx, kind, "max_clients");
-            warn!(listener = kind, %peer, max_clients = ctx.limits.max_clients, "refusing connection: too many clients connected");
-            drop(stream);
+        let source = Source::of(peer.ip());
+        if !ctx.enter_source(source) {
+            refused(&ctx, kind, "per_source");
+            warn!(listener = kind, %peer, max = ctx.limits.max_clients_per_source, "refusing connection: too many from this host");
             continue;
+        }
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) if ctx.evict_oldest_pre_login() => None,
+            Err(_) => {
+                ctx.leave_source(source);
+                refused(&ctx, kind, "max_clients");
+                warn!(listener = kind, %peer, max_clients = ctx.limits.max_clients, "refusing connection: too many clients connected, all logged in");
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("client", conn = id, listener = kind, %peer);
-        let label = ListenerLabel { listener: kind };
-        ctx.metrics.clients_total.get_or_create(&label).inc();
-        ctx.metrics.clients_current.get_or_create(&label).inc();
         let ctx = ctx.clone();
         let tls = tls.clone();
+        let slots = slots.clone();
         tasks.spawn(
             async move {
-                handle(stream, peer, tls, ctx.clone(), slot).await;
-                ctx.metrics.clients_current.get_or_create(&label).dec();
+                let slot = match slot {
+                    Some(slot) => Some(slot),
+                    // The evicted connection gives its slot back as it closes.
+                    None => timeout(CLOSE_WAIT * 2, slots.acquire_owned())
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                };
+                if let Some(slot) = slot {
+                    let label = ListenerLabel { listener: kind };
+                    ctx.metrics.clients_total.get_or_create(&label).inc();
+                    ctx.metrics.clients_current.get_or_create(&label).inc();
+                    handle(stream, id, peer, tls, &ctx).await;
+                    ctx.metrics.clients_current.get_or_create(&label).dec();
+                    drop(slot);
+                } else {
+                    refused(&ctx, kind, "max_clients");
+                    warn!("refusing connection: no client slot freed up");
+                }
+                ctx.leave_source(source);
             }
             .instrument(span),
         );
@@ -87,56 +117,70 @@ pub async fn serve(
 
 async fn handle(
     stream: TcpStream,
+    conn: u64,
     peer: SocketAddr,
     tls: Option<ListenerTls>,
-    ctx: Arc<ClientContext>,
-    _slot: OwnedSemaphorePermit,
+    ctx: &ClientContext,
 ) {
     debug!("accepted");
-    let who = Peer { ip: peer.ip() };
-    let Some(tls) = tls else {
-        return client_session::serve(stream, who, ctx).await;
+    let evict = ctx.enter_pre_login(conn);
+    let mut who = Peer {
+        conn,
+        ip: peer.ip(),
+        cert: None,
     };
-    // Raced with shutdown: a client that never finishes its handshake must not hold eppmux's exit.
+    let Some(tls) = tls else {
+        return client_session::serve(stream, who, ctx, evict).await;
+    };
+    // Raced with shutdown and eviction: a client that never finishes its handshake must hold
+    // neither eppmux's exit nor a client slot.
     let handshake = tokio::select! {
         h = timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)) => h,
         _ = ctx.shutdown.cancelled() => {
+            ctx.leave_pre_login(conn);
             return debug!("closing: eppmux is shutting down during the client's TLS handshake");
+        }
+        _ = evict.cancelled() => {
+            ctx.leave_pre_login(conn);
+            return warn!("closing: evicted during its TLS handshake to admit a new connection");
         }
     };
     let mut tls_stream = match handshake {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            refused(&ctx, "tls", "tls_handshake");
+            ctx.leave_pre_login(conn);
+            refused(ctx, "tls", "tls_handshake");
             return warn!(error = %e, "TLS handshake with client failed");
         }
         Err(_) => {
-            refused(&ctx, "tls", "tls_handshake");
+            ctx.leave_pre_login(conn);
+            refused(ctx, "tls", "tls_handshake");
             return warn!("TLS handshake with client timed out");
         }
     };
+    who.cert = tls_stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|cert| crate::access::fingerprint(cert));
     if !tls.client_allow.is_empty() {
-        let fingerprint = tls_stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .map(|cert| crate::access::fingerprint(cert));
-        match fingerprint {
-            Some(fp) if tls.client_allow.contains(&fp) => debug!(%fp, "client certificate allowed"),
+        match &who.cert {
+            Some(fp) if tls.client_allow.contains(fp) => debug!(%fp, "client certificate allowed"),
             other => {
-                refused(&ctx, "tls", "not_allowed");
+                ctx.leave_pre_login(conn);
+                refused(ctx, "tls", "not_allowed");
                 warn!(
                     fingerprint = other.as_deref().unwrap_or("none"),
                     "closing: client certificate is not on the allow-list"
                 );
                 // A clean TLS close, before any frame: the client sees no greeting.
-                let _ = timeout(Duration::from_secs(1), tls_stream.shutdown()).await;
+                let _ = timeout(CLOSE_WAIT, tls_stream.shutdown()).await;
                 return;
             }
         }
     }
-    client_session::serve(tls_stream, who, ctx).await;
+    client_session::serve(tls_stream, who, ctx, evict).await;
     debug!("connection done");
 }
 

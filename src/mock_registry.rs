@@ -164,6 +164,8 @@ pub struct Exchange {
     pub connection: u64,
     pub command: Bytes,
     pub response: Bytes,
+    /// The fault this command met, if any (its [`Fault::name`]).
+    pub fault: Option<&'static str>,
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +179,8 @@ struct State {
     domains: HashMap<String, DomainRecord>,
     sessions: HashMap<String, usize>,
     transcript: Vec<Exchange>,
+    /// Every frame received, processed or not: (connection, frame).
+    received: Vec<(u64, Bytes)>,
     ledger: Vec<LedgerEntry>,
     faults: VecDeque<Fault>,
     login_refusals: VecDeque<u16>,
@@ -336,6 +340,11 @@ impl MockRegistry {
     /// Every command received so far, with the response sent, in order.
     pub fn transcript(&self) -> Vec<Exchange> {
         self.shared.state().transcript.clone()
+    }
+
+    /// Every frame received so far, processed or not, as (connection, frame), in order.
+    pub fn received(&self) -> Vec<(u64, Bytes)> {
+        self.shared.state().received.clone()
     }
 
     /// Every transform processed so far, in order.
@@ -546,6 +555,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 };
                 match next {
                     Some(Ok(frame)) => {
+                        shared.state().received.push((id, frame.clone()));
                         shared.bump(&shared.stats.frames_received);
                         let n = unanswered.fetch_add(1, Ordering::Relaxed) + 1;
                         if shared.stats.peak_in_flight.fetch_max(n, Ordering::Relaxed) < n {
@@ -655,6 +665,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                     connection: id,
                     command: frame,
                     response: response.clone(),
+                    fault: fault.map(|f| f.name()),
                 });
                 shared.bump(&shared.stats.commands);
                 send(made, Out::Frame(response));
@@ -681,6 +692,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             connection: id,
             command: frame,
             response: response.clone(),
+            fault: fault.map(|f| f.name()),
         });
         shared.bump(&shared.stats.commands);
         match fault {
@@ -774,7 +786,7 @@ async fn answer(
     let cltrid_ok = cmd
         .cltrid
         .as_ref()
-        .map_or(true, |c| (3..=64).contains(&c.chars().count()));
+        .is_none_or(|c| (3..=64).contains(&c.chars().count()));
     if shared.cfg.strict_cltrid && !cltrid_ok {
         // The schema refuses the frame, so its clTRID is not "read" either.
         return (

@@ -53,6 +53,7 @@ const ABORT_GRACE: Duration = Duration::from_secs(1);
 impl Proxy {
     /// Binds the listeners and starts the pools; returns once eppmux is accepting clients.
     pub async fn start(cfg: &Config, shutdown: CancellationToken) -> Result<Proxy, StartError> {
+        check_fd_limit(cfg);
         let target = Arc::new(UpstreamTarget::new(&cfg.upstream, cfg.limits.max_frame)?);
         let listener_tls = match &cfg.tls {
             Some(t) => Some(ListenerTls {
@@ -84,14 +85,14 @@ impl Proxy {
         let (greeting_tx, greeting_rx) = watch::channel(None);
         let settings = PoolSettings {
             queue_max: cfg.queue_max,
+            queue_max_bytes: cfg.queue_max_bytes,
             session_limit_hold: cfg.session_limit_hold,
         };
         let accounts: Vec<Account> = cfg
             .accounts
             .iter()
             .map(|acc| Account {
-                clid: acc.clid.clone(),
-                password: acc.password.clone(),
+                config: acc.clone(),
                 pool: Pool::start(PoolParts {
                     account: acc.clone(),
                     settings,
@@ -118,6 +119,7 @@ impl Proxy {
             let state = Arc::new(AdminState {
                 metrics: metrics.clone(),
                 pools: pools.clone(),
+                token: cfg.admin_token.clone(),
             });
             tasks.spawn(crate::admin::serve(
                 listener,
@@ -185,4 +187,26 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Descriptors eppmux needs besides client connections: upstream sessions, listeners, the admin
+/// endpoint, files.
+const FD_HEADROOM: u64 = 256;
+
+/// Makes sure `max_clients` connections fit under the open-file limit: raises the soft limit up to
+/// the hard one if needed (as most servers do), and warns when even that is too low — accepting
+/// would otherwise fail with EMFILE under load, long after start.
+fn check_fd_limit(cfg: &Config) {
+    let upstream: usize = cfg.accounts.iter().map(|a| a.pool_max).sum();
+    let needed = (cfg.limits.max_clients + upstream) as u64 + FD_HEADROOM;
+    match rlimit::increase_nofile_limit(needed) {
+        Ok(got) if got < needed => warn!(
+            max_clients = cfg.limits.max_clients,
+            open_files = got,
+            needed,
+            "the open-file limit is below what max_clients needs: raise it (systemd LimitNOFILE=, ulimit -n, docker --ulimit nofile=) or lower max_clients"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot read the open-file limit"),
+    }
 }

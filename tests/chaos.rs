@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -262,24 +262,51 @@ async fn soak(depth: usize, default_clients: u64, default_commands: u64) {
         .flat_map(|l| &l.unknown)
         .filter(|n| executed.contains_key(*n))
         .count();
-    // A create reported lost must be one whose outcome eppmux could not know: not one the
-    // registry only ever answered "not executed" (2002 not logged in, 2001).
-    let mut answered_not_executed: HashMap<String, bool> = HashMap::new();
-    for x in h.mock.transcript() {
-        let text = String::from_utf8_lossy(&x.command).into_owned();
-        let Some(name) = logs
+    // A create reported lost must be one whose outcome eppmux could not know: its last attempt
+    // must not have been answered "not executed" (2002 not logged in, 2001) in a frame eppmux
+    // could read. An attempt the registry received but never answered (it stopped reading, or
+    // dropped the connection) is unknown; frames after a broken or stray one on the same
+    // connection are not readable in order: once a session is out of step, nothing on it can be
+    // attributed any more.
+    let unknown: HashSet<&String> = logs.iter().flat_map(|l| &l.unknown).collect();
+    let name_in = |frame: &[u8]| -> Option<String> {
+        let text = String::from_utf8_lossy(frame);
+        unknown
             .iter()
-            .flat_map(|l| &l.unknown)
             .find(|n| text.contains(&format!(">{n}<")))
-        else {
+            .map(|n| (*n).clone())
+    };
+    let mut received: HashMap<String, usize> = HashMap::new();
+    for (_, frame) in h.mock.received() {
+        if let Some(name) = name_in(&frame) {
+            *received.entry(name).or_default() += 1;
+        }
+    }
+    let mut answered: HashMap<String, (usize, bool)> = HashMap::new();
+    let mut broken_connections = HashSet::new();
+    for x in h.mock.transcript() {
+        let readable = !broken_connections.contains(&x.connection);
+        if matches!(
+            x.fault,
+            Some(
+                "malformed-response"
+                    | "unsolicited-response"
+                    | "oversize-response"
+                    | "stall-mid-frame"
+            )
+        ) {
+            broken_connections.insert(x.connection);
+        }
+        let Some(name) = name_in(&x.command) else {
             continue;
         };
         let not_executed = matches!(epp::sniff(&x.response), Ok(Message::Response(r)) if r.code == 2002 || r.code == 2001);
-        let entry = answered_not_executed.entry(name.clone()).or_insert(true);
-        *entry &= not_executed;
+        let entry = answered.entry(name).or_default();
+        *entry = (entry.0 + 1, readable && not_executed);
     }
-    for (name, only_not_executed) in &answered_not_executed {
-        if *only_not_executed {
+    for (name, (count, readable_not_executed)) in &answered {
+        let last_attempt_answered = received.get(name) == Some(count);
+        if last_attempt_answered && *readable_not_executed {
             problems.push(format!(
                 "{name}: reported lost, but the registry answered it as not executed"
             ));
@@ -289,7 +316,6 @@ async fn soak(depth: usize, default_clients: u64, default_commands: u64) {
     let faults = h.mock.faults_injected();
     let mut fault_list: Vec<_> = faults.iter().collect();
     fault_list.sort();
-
     println!(
         "\n== chaos soak (seed {seed}, pipeline depth {depth}, {clients} clients x {commands} commands, {:.1} s) ==",
         elapsed.as_secs_f64()

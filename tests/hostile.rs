@@ -13,6 +13,10 @@ use eppmux::epp::EPP_NS;
 use eppmux::mock_registry::{Fault, MockConfig, MockRegistry};
 use tokio::io::AsyncWriteExt;
 
+fn hello_xml() -> String {
+    r#"<epp xmlns="urn:ietf:params:xml:ns:epp-1.0"><hello/></epp>"#.to_string()
+}
+
 /// A logged-in client that must keep working whatever the others do.
 async fn still_served(bystander: &mut Client, tag: &str) {
     let r = bystander
@@ -110,14 +114,67 @@ async fn idle_clients_are_closed_between_frames() {
 }
 
 #[tokio::test]
-async fn connections_beyond_max_clients_are_refused() {
+async fn at_max_clients_the_oldest_connection_not_logged_in_makes_room() {
     let h = Harness::start(MockConfig::default(), |cfg| cfg.limits.max_clients = 2).await;
     let mut bystander = h.logged_in().await;
-    let mut second = h.plain_client().await;
-    second.greeting().await;
+    let mut idle = h.plain_client().await;
+    idle.greeting().await;
+    // A third connection: the one that never logged in is closed to admit it.
     let mut third = h.plain_client().await;
-    third.expect_closed().await;
+    third.greeting().await;
+    idle.expect_closed().await;
+    assert_eq!(
+        third.command(&login_xml(CLID, PASSWORD, "L3")).await.code,
+        1000
+    );
+    // Everyone logged in now: a fourth is refused.
+    let mut fourth = h.plain_client().await;
+    fourth.expect_closed().await;
     still_served(&mut bystander, "at-capacity").await;
+    still_served(&mut third, "third").await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_log_in_in_time_is_closed() {
+    let h = Harness::start(MockConfig::default(), |cfg| {
+        cfg.limits.login_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let mut lingering = h.plain_client().await;
+    lingering.greeting().await;
+    lingering.send(Bytes::from(hello_xml())).await;
+    lingering.greeting().await;
+    lingering.expect_closed().await;
+    // Logged-in clients are not bound by it.
+    let mut c = h.logged_in().await;
+    h.mock
+        .wait_until(|m| m.stats().logins.load(std::sync::atomic::Ordering::Relaxed) >= 1)
+        .await;
+    still_served(&mut c, "after-login-deadline").await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn before_login_frames_are_limited_to_a_login_s_size() {
+    let h = Harness::start(MockConfig::default(), |_| {}).await;
+    let mut c = h.plain_client().await;
+    c.greeting().await;
+    // 20 KiB: far beyond any login, below the 1 MiB allowed after one.
+    let padded = login_xml(CLID, PASSWORD, "BIG")
+        .replace("<clID>", &format!("<!--{}--><clID>", "x".repeat(20 * 1024)));
+    c.send(Bytes::from(padded.clone())).await;
+    let r = c.recv_response().await;
+    assert_eq!(r.code, 2001);
+    assert!(r.msg.contains("16384"), "{}", r.msg);
+    c.expect_closed().await;
+    // After login, the same size is fine.
+    let mut c = h.logged_in().await;
+    let big_check = domain_cmd("check", "big.gov", "BIG-2").replace(
+        "<check>",
+        &format!("<!--{}--><check>", "x".repeat(20 * 1024)),
+    );
+    assert_eq!(c.command(&big_check).await.code, 1000);
     h.stop().await;
 }
 
@@ -164,35 +221,86 @@ async fn pipelined_frames_are_read_one_at_a_time_and_answered_in_order() {
 }
 
 #[tokio::test]
-async fn failed_logins_are_rate_limited_per_source() {
+async fn a_client_with_a_stale_password_does_not_lock_out_the_others_on_its_host() {
+    // The old limiter counted every failure per source address: 21 failures from one local
+    // worker with an old password made the right password get 2501 for everyone on the host.
     let h = Harness::start(MockConfig::default(), |cfg| {
         cfg.limits.login_failures_per_minute = 3;
-        cfg.limits.max_login_failures = 10;
     })
     .await;
-    let mut bystander = h.logged_in().await;
-    let mut guesser = h.plain_client().await;
-    guesser.greeting().await;
-    for i in 0..3 {
-        assert_eq!(
-            guesser
-                .command(&login_xml(CLID, &format!("guess-{i}"), "G"))
-                .await
-                .code,
-            2200
-        );
+    for round in 0..10 {
+        let mut stale = h.plain_client().await;
+        stale.greeting().await;
+        for i in 0..3 {
+            let r = stale
+                .command(&login_xml(
+                    CLID,
+                    "the-old-password",
+                    &format!("S{round}-{i}"),
+                ))
+                .await;
+            assert_eq!(r.code, if i < 2 { 2200 } else { 2501 });
+        }
+        stale.expect_closed().await;
     }
-    // The limit is per source address, across connections, and even the right password waits.
-    let r = guesser.command(&login_xml(CLID, PASSWORD, "G")).await;
-    assert_eq!(r.code, 2501);
-    guesser.expect_closed().await;
-    let mut again = h.plain_client().await;
-    again.greeting().await;
+    let mut good = h.plain_client().await;
+    good.greeting().await;
     assert_eq!(
-        again.command(&login_xml(CLID, PASSWORD, "G2")).await.code,
-        2501
+        good.command(&login_xml(CLID, PASSWORD, "OK")).await.code,
+        1000
     );
-    still_served(&mut bystander, "after-guessing").await;
+    still_served(&mut good, "after-stale-client").await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_guesser_is_slowed_and_every_loopback_address_counts_as_one_host() {
+    let h = Harness::start(MockConfig::default(), |cfg| {
+        cfg.limits.login_failures_per_minute = 3;
+        cfg.limits.max_login_failures = 100;
+    })
+    .await;
+    let plain = h.proxy.plain_addr.unwrap();
+    let from = |ip: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        let tcp = socket.connect(plain).await.unwrap();
+        let mut c = Client {
+            framed: tokio_util::codec::Framed::new(
+                Box::new(tcp) as Box<dyn Io>,
+                eppmux::frame::EppCodec::default(),
+            ),
+        };
+        c.greeting().await;
+        c
+    };
+    let mut a = from("127.0.0.1").await;
+    let mut b = from("127.0.0.2").await;
+    for i in 0..3 {
+        let c = if i % 2 == 0 { &mut a } else { &mut b };
+        let r = c
+            .command(&login_xml(CLID, &format!("guess-{i}"), "G"))
+            .await;
+        assert_eq!(r.code, 2200);
+    }
+    // Three distinct wrong passwords from this host: the next guesses, from either loopback
+    // address, are answered only after a delay, one at a time.
+    let started = tokio::time::Instant::now();
+    let r = b.command(&login_xml(CLID, "guess-3", "G")).await;
+    assert_eq!(r.code, 2200);
+    let r = a.command(&login_xml(CLID, "guess-4", "G")).await;
+    assert_eq!(r.code, 2200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(250 + 500),
+        "not slowed: {:?}",
+        started.elapsed()
+    );
+    // The right password still gets in (after its turn), even from the guessing host.
+    let mut good = from("127.0.0.3").await;
+    assert_eq!(
+        good.command(&login_xml(CLID, PASSWORD, "OK")).await.code,
+        1000
+    );
     h.stop().await;
 }
 

@@ -112,12 +112,16 @@ async fn every_metric_moves_during_a_workload() {
     // Rejected frames, and a connection refused at the client limit.
     b.send(sample("hostile-entities.xml")).await;
     assert_eq!(b.recv_response().await.code, 2001);
-    // Fill the remaining client slots until one connection is refused.
+    // Fill the remaining client slots with logged-in clients until one connection is refused
+    // (connections that have not logged in would be evicted to make room instead).
     let mut extra = Vec::new();
     loop {
         let mut c = Client::plain(h.proxy.plain_addr.unwrap()).await;
         match c.recv().await {
-            Some(_greeting) => extra.push(c),
+            Some(_greeting) => {
+                assert_eq!(c.command(&login_xml(CLID, PASSWORD, "X")).await.code, 1000);
+                extra.push(c);
+            }
             None => break,
         }
         assert!(extra.len() <= 7, "max_clients was not enforced");

@@ -52,6 +52,8 @@ pub struct Limits {
     pub depth: usize,
     pub max_commands: Option<u64>,
     pub queue_max: usize,
+    /// Bytes of commands waiting, at most (commands are held in memory while they wait).
+    pub queue_max_bytes: usize,
     pub session_limit_hold: Duration,
     /// Login budget refill; `None`: twice `max` per minute.
     pub logins_per_minute: Option<u32>,
@@ -111,8 +113,8 @@ pub enum Grant {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// This many commands already wait.
-    QueueFull(usize),
+    /// This many commands (of this many bytes) already wait.
+    QueueFull { commands: usize, bytes: usize },
     /// The account cannot log in (repeated 2200).
     Unavailable(String),
 }
@@ -263,7 +265,9 @@ impl Bucket {
 pub struct PoolCore {
     limits: Limits,
     sessions: BTreeMap<SessionId, Slot>,
-    waiters: VecDeque<WaiterId>,
+    /// Commands waiting, oldest first, with their size.
+    waiters: VecDeque<(WaiterId, usize)>,
+    waiting_bytes: usize,
     next_id: SessionId,
     /// Failed opens since the last success: drives the backoff, and while non-zero at most one
     /// session opens at a time.
@@ -311,6 +315,7 @@ impl PoolCore {
             limits,
             sessions: BTreeMap::new(),
             waiters: VecDeque::new(),
+            waiting_bytes: 0,
             next_id: 1,
             failures: 0,
             backoff_until: None,
@@ -337,9 +342,15 @@ impl PoolCore {
         self.settled(now, Vec::new())
     }
 
-    /// A command wants a session. `front`: it is a retry, which has waited already and goes to
-    /// the head of the queue (and is not refused for a full queue).
-    pub fn request(&mut self, now: Instant, waiter: WaiterId, front: bool) -> (Grant, Vec<Action>) {
+    /// A command of `bytes` bytes wants a session. `front`: it is a retry, which has waited
+    /// already and goes to the head of the queue (and is not refused for a full queue).
+    pub fn request(
+        &mut self,
+        now: Instant,
+        waiter: WaiterId,
+        bytes: usize,
+        front: bool,
+    ) -> (Grant, Vec<Action>) {
         if self.live() == 0 {
             if let Some(reason) = &self.unhealthy {
                 return (
@@ -356,16 +367,20 @@ impl PoolCore {
                 }
             }
         }
-        if !front && self.waiters.len() >= self.limits.queue_max {
-            return (
-                Grant::Refused(Refusal::QueueFull(self.waiters.len())),
-                Vec::new(),
-            );
+        let full = self.waiters.len() >= self.limits.queue_max
+            || self.waiting_bytes + bytes > self.limits.queue_max_bytes;
+        if !front && full {
+            let why = Refusal::QueueFull {
+                commands: self.waiters.len(),
+                bytes: self.waiting_bytes,
+            };
+            return (Grant::Refused(why), Vec::new());
         }
+        self.waiting_bytes += bytes;
         if front {
-            self.waiters.push_front(waiter);
+            self.waiters.push_front((waiter, bytes));
         } else {
-            self.waiters.push_back(waiter);
+            self.waiters.push_back((waiter, bytes));
         }
         (Grant::Queued, self.settled(now, Vec::new()))
     }
@@ -373,9 +388,11 @@ impl PoolCore {
     /// The waiter gave up (its wait ran out, or its client left). False when it was no longer
     /// queued: a session was handed to it already and must be used or given back.
     pub fn withdraw(&mut self, waiter: WaiterId) -> bool {
-        match self.waiters.iter().position(|w| *w == waiter) {
+        match self.waiters.iter().position(|(w, _)| *w == waiter) {
             Some(i) => {
-                self.waiters.remove(i);
+                if let Some((_, bytes)) = self.waiters.remove(i) {
+                    self.waiting_bytes -= bytes;
+                }
                 true
             }
             None => false,
@@ -468,7 +485,8 @@ impl PoolCore {
                     error!("{reason}");
                     self.unhealthy = Some(reason.clone());
                     if self.live() == 0 {
-                        for waiter in self.waiters.drain(..) {
+                        self.waiting_bytes = 0;
+                        for (waiter, _) in self.waiters.drain(..) {
                             out.push(Action::Refuse {
                                 waiter,
                                 why: Refusal::Unavailable(reason.clone()),
@@ -685,7 +703,7 @@ impl PoolCore {
                 Slot::Live(s)
                     if !s.retiring
                         && s.in_flight < self.limits.depth
-                        && self.limits.max_commands.map_or(true, |m| s.written < m) =>
+                        && self.limits.max_commands.is_none_or(|m| s.written < m) =>
                 {
                     Some((s.in_flight, s.free_since, *id))
                 }
@@ -707,7 +725,7 @@ impl PoolCore {
     }
 
     fn take_command_token(&mut self, now: Instant) -> bool {
-        self.commands.as_mut().map_or(true, |b| b.take(now))
+        self.commands.as_mut().is_none_or(|b| b.take(now))
     }
 
     /// After every event: hand free slots to waiters, open what is missing, retire what is done,
@@ -739,7 +757,7 @@ impl PoolCore {
     }
 
     fn dispatch(&mut self, now: Instant, out: &mut Vec<Action>) {
-        while let Some(&waiter) = self.waiters.front() {
+        while let Some(&(waiter, bytes)) = self.waiters.front() {
             let Some(id) = self.pick() else { break };
             if !self.take_command_token(now) {
                 // A session is free, so this command waits for the rate limit: count it once.
@@ -750,6 +768,7 @@ impl PoolCore {
                 break;
             }
             self.waiters.pop_front();
+            self.waiting_bytes -= bytes;
             self.assign(id);
             out.push(Action::Hand {
                 waiter,
@@ -851,6 +870,7 @@ mod tests {
             depth: 1,
             max_commands: None,
             queue_max: 100,
+            queue_max_bytes: 1 << 20,
             session_limit_hold: Duration::from_secs(300),
             logins_per_minute: Some(6000),
             commands_per_second: None,
@@ -914,13 +934,13 @@ mod tests {
     fn demand_grows_the_pool_to_its_max_and_no_further() {
         let t0 = Instant::now();
         let mut core = with_live(limits(1, 3), 1, t0);
-        assert_eq!(core.request(t0, 1, false).0, Grant::Session(1));
-        let (g, actions) = core.request(t0, 2, false);
+        assert_eq!(core.request(t0, 1, 100, false).0, Grant::Session(1));
+        let (g, actions) = core.request(t0, 2, 100, false);
         assert_eq!(g, Grant::Queued);
         assert_eq!(opens(&actions), vec![2], "one more session for the waiter");
-        let (_, actions) = core.request(t0, 3, false);
+        let (_, actions) = core.request(t0, 3, 100, false);
         assert_eq!(opens(&actions), vec![3]);
-        let (_, actions) = core.request(t0, 4, false);
+        let (_, actions) = core.request(t0, 4, 100, false);
         assert!(opens(&actions).is_empty(), "at pool_max: {actions:?}");
         assert_eq!(
             hands(&core.ready(t0, 2)),
@@ -935,10 +955,10 @@ mod tests {
     fn waiters_are_served_first_come_first_served_and_retries_go_first() {
         let t0 = Instant::now();
         let mut core = with_live(limits(1, 1), 1, t0);
-        assert_eq!(core.request(t0, 1, false).0, Grant::Session(1));
-        core.request(t0, 2, false);
-        core.request(t0, 3, false);
-        let (g, _) = core.request(t0, 9, true);
+        assert_eq!(core.request(t0, 1, 100, false).0, Grant::Session(1));
+        core.request(t0, 2, 100, false);
+        core.request(t0, 3, 100, false);
+        let (g, _) = core.request(t0, 9, 100, true);
         assert_eq!(g, Grant::Queued);
         assert_eq!(
             hands(&core.answered(t0, 1)),
@@ -957,13 +977,31 @@ mod tests {
         let mut lim = limits(1, 1);
         lim.queue_max = 1;
         let mut core = with_live(lim, 1, t0);
-        core.request(t0, 1, false);
-        assert_eq!(core.request(t0, 2, false).0, Grant::Queued);
+        core.request(t0, 1, 100, false);
+        assert_eq!(core.request(t0, 2, 100, false).0, Grant::Queued);
         assert_eq!(
-            core.request(t0, 3, false).0,
-            Grant::Refused(Refusal::QueueFull(1))
+            core.request(t0, 3, 100, false).0,
+            Grant::Refused(Refusal::QueueFull {
+                commands: 1,
+                bytes: 100
+            })
         );
-        assert_eq!(core.request(t0, 4, true).0, Grant::Queued);
+        assert_eq!(core.request(t0, 4, 100, true).0, Grant::Queued);
+        // And bounded in bytes.
+        let mut lim = limits(1, 1);
+        lim.queue_max_bytes = 1000;
+        let mut core = with_live(lim, 1, t0);
+        core.request(t0, 1, 10, false);
+        assert_eq!(core.request(t0, 2, 600, false).0, Grant::Queued);
+        assert!(matches!(
+            core.request(t0, 3, 600, false).0,
+            Grant::Refused(Refusal::QueueFull {
+                commands: 1,
+                bytes: 600
+            })
+        ));
+        assert!(core.withdraw(2));
+        assert_eq!(core.request(t0, 4, 600, false).0, Grant::Queued);
     }
 
     #[test]
@@ -974,7 +1012,7 @@ mod tests {
         lim.depth = 4;
         let mut core = with_live(lim, 4, t0);
         let mut got: Vec<SessionId> = (1..=4)
-            .map(|w| match core.request(t0, w, false).0 {
+            .map(|w| match core.request(t0, w, 100, false).0 {
                 Grant::Session(id) => id,
                 other => panic!("{other:?}"),
             })
@@ -982,7 +1020,7 @@ mod tests {
         got.sort_unstable();
         assert_eq!(got, vec![1, 2, 3, 4], "one command per session");
         assert!(
-            matches!(core.request(t0, 5, false).0, Grant::Session(_)),
+            matches!(core.request(t0, 5, 100, false).0, Grant::Session(_)),
             "then pipelining slots"
         );
     }
@@ -991,9 +1029,12 @@ mod tests {
     fn among_idle_sessions_the_longest_idle_goes_first() {
         let t0 = Instant::now();
         let mut core = with_live(limits(2, 2), 2, t0);
-        assert_eq!(core.request(t0, 1, false).0, Grant::Session(1));
+        assert_eq!(core.request(t0, 1, 100, false).0, Grant::Session(1));
         core.answered(t0 + secs(1.0), 1);
-        assert_eq!(core.request(t0 + secs(2.0), 2, false).0, Grant::Session(2));
+        assert_eq!(
+            core.request(t0 + secs(2.0), 2, 100, false).0,
+            Grant::Session(2)
+        );
     }
 
     #[test]
@@ -1004,9 +1045,9 @@ mod tests {
         lim.depth = 4;
         lim.max_commands = Some(2);
         let mut core = with_live(lim, 1, t0);
-        assert_eq!(core.request(t0, 1, false).0, Grant::Session(1));
-        assert_eq!(core.request(t0, 2, false).0, Grant::Session(1));
-        assert_eq!(core.request(t0, 3, false).0, Grant::Queued);
+        assert_eq!(core.request(t0, 1, 100, false).0, Grant::Session(1));
+        assert_eq!(core.request(t0, 2, 100, false).0, Grant::Session(1));
+        assert_eq!(core.request(t0, 3, 100, false).0, Grant::Queued);
         assert!(
             retires(&core.answered(t0, 1)).is_empty(),
             "one still in flight"
@@ -1034,11 +1075,15 @@ mod tests {
         let mut lim = limits(2, 2);
         lim.depth = 2;
         let mut core = with_live(lim, 2, t0);
-        assert_eq!(core.request(t0, 1, false).0, Grant::Session(1));
-        assert_eq!(core.request(t0, 2, false).0, Grant::Session(2));
-        assert_eq!(core.request(t0, 3, false).0, Grant::Session(1));
+        assert_eq!(core.request(t0, 1, 100, false).0, Grant::Session(1));
+        assert_eq!(core.request(t0, 2, 100, false).0, Grant::Session(2));
+        assert_eq!(core.request(t0, 3, 100, false).0, Grant::Session(1));
         core.retiring(t0, 2);
-        assert_eq!(core.request(t0, 4, false).0, Grant::Queued, "not session 2");
+        assert_eq!(
+            core.request(t0, 4, 100, false).0,
+            Grant::Queued,
+            "not session 2"
+        );
         assert_eq!(retires(&core.answered(t0, 2)), vec![2]);
         assert_eq!(hands(&core.answered(t0, 1)), vec![(4, 1)]);
     }
@@ -1047,7 +1092,7 @@ mod tests {
     fn shrinking_retires_the_least_busy_sessions_after_their_commands() {
         let t0 = Instant::now();
         let mut core = with_live(limits(3, 3), 3, t0);
-        core.request(t0, 1, false);
+        core.request(t0, 1, 100, false);
         let actions = core.resize(t0, 1, 1);
         let mut retired = retires(&actions);
         retired.sort_unstable();
@@ -1118,7 +1163,7 @@ mod tests {
         let t0 = Instant::now();
         let mut core = PoolCore::new(limits(1, 1), t0, 1);
         let mut id = opens(&core.start(t0))[0];
-        core.request(t0, 1, false);
+        core.request(t0, 1, 100, false);
         let mut now = t0;
         for round in 1..=3 {
             let actions =
@@ -1139,7 +1184,7 @@ mod tests {
         now += secs(3600.0);
         assert!(core.tick(now).is_empty(), "no more attempts");
         assert!(matches!(
-            core.request(now, 2, false).0,
+            core.request(now, 2, 100, false).0,
             Grant::Refused(Refusal::Unavailable(_))
         ));
     }
@@ -1211,11 +1256,17 @@ mod tests {
         let mut lim = limits(2, 2);
         lim.commands_per_second = Some(2.0);
         let mut core = with_live(lim, 2, t0);
-        assert!(matches!(core.request(t0, 1, false).0, Grant::Session(_)));
-        assert!(matches!(core.request(t0, 2, false).0, Grant::Session(_)));
+        assert!(matches!(
+            core.request(t0, 1, 100, false).0,
+            Grant::Session(_)
+        ));
+        assert!(matches!(
+            core.request(t0, 2, 100, false).0,
+            Grant::Session(_)
+        ));
         core.answered(t0, 1);
         core.answered(t0, 2);
-        let (g, actions) = core.request(t0, 3, false);
+        let (g, actions) = core.request(t0, 3, 100, false);
         assert_eq!(
             g,
             Grant::Queued,
@@ -1234,8 +1285,8 @@ mod tests {
     fn a_slot_given_back_unused_is_handed_on() {
         let t0 = Instant::now();
         let mut core = with_live(limits(1, 1), 1, t0);
-        core.request(t0, 1, false);
-        core.request(t0, 2, false);
+        core.request(t0, 1, 100, false);
+        core.request(t0, 2, 100, false);
         assert_eq!(hands(&core.unused(t0, 1)), vec![(2, 1)]);
         assert_eq!(
             core.sessions(t0)[0].commands,

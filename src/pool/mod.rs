@@ -46,8 +46,8 @@ const MAX_ATTEMPTS: usize = 3;
 pub enum PoolError {
     #[error("no registry session became free within {0:?}")]
     Exhausted(Duration),
-    #[error("{0} commands are already waiting for a registry session")]
-    QueueFull(usize),
+    #[error("{commands} commands ({bytes} bytes) are already waiting for a registry session")]
+    QueueFull { commands: usize, bytes: usize },
     #[error("account unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -60,6 +60,7 @@ pub enum PoolError {
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSettings {
     pub queue_max: usize,
+    pub queue_max_bytes: usize,
     pub session_limit_hold: Duration,
 }
 
@@ -116,6 +117,7 @@ impl Pool {
             depth: acc.lifecycle.pipeline_depth.max(1),
             max_commands: acc.lifecycle.max_commands,
             queue_max: parts.settings.queue_max,
+            queue_max_bytes: parts.settings.queue_max_bytes,
             session_limit_hold: parts.settings.session_limit_hold,
             logins_per_minute: acc.max_logins_per_minute,
             commands_per_second: acc.max_commands_per_second,
@@ -249,7 +251,7 @@ impl Pool {
     ) -> Result<Reply, PoolError> {
         let mut last_loss = None;
         for attempt in 1..=MAX_ATTEMPTS {
-            let lease = self.acquire(wait, attempt > 1).await?;
+            let lease = self.acquire(wait, frame.len(), attempt > 1).await?;
             let (tx, rx) = oneshot::channel();
             let job = Job {
                 frame: frame.clone(),
@@ -299,7 +301,7 @@ impl Pool {
 
     /// One command slot on a session: at once, or after waiting (at the head of the queue when
     /// `retry`) at most `wait`.
-    async fn acquire(&self, wait: Duration, retry: bool) -> Result<Lease, PoolError> {
+    async fn acquire(&self, wait: Duration, bytes: usize, retry: bool) -> Result<Lease, PoolError> {
         let asked = Instant::now();
         let inner = &self.inner;
         let waiter = inner.next_waiter.fetch_add(1, Ordering::Relaxed);
@@ -307,7 +309,7 @@ impl Pool {
         let grant = inner.with_state(|st, now| {
             // Registered first, so that a hand-off within this very event finds it.
             st.waiters.insert(waiter, tx);
-            let (grant, actions) = st.core.request(now, waiter, retry);
+            let (grant, actions) = st.core.request(now, waiter, bytes, retry);
             if grant != Grant::Queued {
                 st.waiters.remove(&waiter);
             }
@@ -545,9 +547,9 @@ impl Inner {
 
     fn refused(self: &Arc<Self>, why: Refusal) -> PoolError {
         match why {
-            Refusal::QueueFull(n) => {
+            Refusal::QueueFull { commands, bytes } => {
                 self.count(|c| c.exhausted += 1);
-                PoolError::QueueFull(n)
+                PoolError::QueueFull { commands, bytes }
             }
             Refusal::Unavailable(reason) => PoolError::Unavailable(reason),
         }
