@@ -23,6 +23,12 @@ for name in ("registry", "eppmux", "app"):
 eppmux = services.get("eppmux", {})
 if eppmux.get("sysctls", {}).get("net.ipv4.ip_unprivileged_port_start") not in ("0", 0):
     errors.append("eppmux: port 700 as non-root needs net.ipv4.ip_unprivileged_port_start=0")
+# The image's HEALTHCHECK needs eppmux's admin endpoint: other services of the image must not
+# inherit it (the mock registry would turn "unhealthy" on a real engine).
+for sname, s in services.items():
+    if sname != "eppmux" and s.get("image") == eppmux.get("image") \
+            and not (s.get("healthcheck") or {}).get("disable"):
+        errors.append(f"{sname}: uses the eppmux image; set healthcheck: disable: true")
 hc = (eppmux.get("healthcheck") or {}).get("test") or []
 if "healthcheck" not in hc:
     errors.append("eppmux: healthcheck should run `eppmux healthcheck`")
