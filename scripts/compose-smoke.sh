@@ -92,7 +92,7 @@ skip() {
 if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null; then
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
     command -v docker >/dev/null && docker info >/dev/null 2>&1 && command -v docker-compose >/dev/null \
-      || skip "docker.io/docker-compose are not installed and apt-get cannot be used as $(id -un)"
+      || skip "dockerd or docker-compose is not in PATH, and apt-get cannot install them as $(id -un)"
   else
     say "installing docker.io and docker-compose (apt-get)"
     export DEBIAN_FRONTEND=noninteractive
@@ -287,6 +287,7 @@ else
   run_client "epplib_transport.py session through 127.0.0.1:$port" "OK closed" \
     python3 tests/interop/epplib_transport.py 127.0.0.1 "$port" registrar1 "$password" compose-smoke.gov
   # The stand-in client stops at a refused login, printing the code it got.
+  say "a wrong password: the stand-in client reports the refused login as FAIL; 2200 is expected"
   if timeout 60 python3 tests/interop/epplib_transport.py 127.0.0.1 "$port" registrar1 "$password-wrong" compose-smoke.gov \
        >"$work/client.log" 2>&1 || ! grep -q '^FAIL login: code 2200 ' "$work/client.log"; then
     sed 's/^/  /' "$work/client.log"; fail "a wrong password should get 2200 (output above)"

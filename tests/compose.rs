@@ -238,8 +238,9 @@ async fn the_compose_command_lines_work_against_the_mock_registry() {
         .collect();
     let has_epplib = std::process::Command::new("python3")
         .args(["-c", "import epplib"])
-        .status()
+        .output()
         .unwrap()
+        .status
         .success();
     let mut run = Command::new(&client[0]);
     if has_epplib {
