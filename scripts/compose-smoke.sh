@@ -96,12 +96,14 @@ if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null; th
   else
     say "installing docker.io and docker-compose (apt-get)"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >"$work/apt.log" 2>&1 \
-      && apt-get install -y -qq --no-install-recommends docker.io docker-compose >>"$work/apt.log" 2>&1 \
+    timeout 300 apt-get update -qq >"$work/apt.log" 2>&1 \
+      && timeout 900 apt-get install -y -qq --no-install-recommends docker.io docker-compose >>"$work/apt.log" 2>&1 \
       || { tail -20 "$work/apt.log"; skip "apt-get could not install docker.io and docker-compose (log above)"; }
   fi
 fi
-compose=(docker-compose --project-name "$project" --project-directory "$repo"
+# Every engine call is bounded: a wedged engine fails the run instead of hanging CI.
+docker() { timeout 300 "$(type -P docker)" "$@"; }
+compose=(timeout 300 docker-compose --project-name "$project" --project-directory "$repo"
          -f "$compose_file" -f "$work/smoke-override.yml")
 [ -n "$extra_override" ] && compose+=(-f "$extra_override")
 
@@ -140,7 +142,7 @@ say "$(docker-compose version --short | sed 's/^/docker-compose /')"
 
 # --- 3. the image ---------------------------------------------------------------------------
 command -v python3 >/dev/null || fail "python3 is needed"
-python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q PyYAML
+python3 -c 'import yaml' 2>/dev/null || timeout 300 python3 -m pip install -q PyYAML
 image=$(python3 -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["services"]["eppmux"]["image"])' "$compose_file") \
   || fail "cannot read services.eppmux.image from $compose_file"
 mapfile -t bases < <(awk 'toupper($1) == "FROM" { print $2 }' Dockerfile)
@@ -153,7 +155,7 @@ if [ "${#missing[@]}" = 0 ]; then
 else
   say "base images not present (${missing[*]}) and none can be pulled here: assembling a stand-in" \
       "image FROM scratch with target/release/eppmux and the Dockerfile's run stage"
-  [ -x target/release/eppmux ] || cargo build --release --locked --bin eppmux
+  [ -x target/release/eppmux ] || timeout 1800 cargo build --release --locked --bin eppmux
   ctx=$work/image
   mkdir -p "$ctx/rootfs/etc/ssl/certs" "$ctx/rootfs/tmp" "$ctx/rootfs/home/nonroot"
   chmod 1777 "$ctx/rootfs/tmp"
@@ -223,7 +225,12 @@ if [ "$event" != "health_status: healthy" ]; then
   # The line that says why: the first error, or else the last warning.
   docker logs "$eppmux_id" >"$work/eppmux.log" 2>&1 || true
   why=$(grep -m1 -E 'ERROR|^Error' "$work/eppmux.log" || grep -E 'WARN' "$work/eppmux.log" | tail -1 || true)
-  fail "eppmux did not turn healthy within ${healthy_wait} s: $state${why:+; its log: $why}"
+  case "$event" in
+    die) what="its container exited" ;;
+    "health_status: unhealthy") what="its healthcheck kept failing" ;;
+    *) what="not healthy after $healthy_wait s" ;;
+  esac
+  fail "eppmux did not turn healthy, $what: $state${why:+; its log: $why}"
 fi
 uid=$(docker top "$eppmux_id" -o pid,uid | awk 'NR > 1 { print $2 }' | sort -u | tr '\n' ' ') \
   || fail "docker top of the eppmux container failed"
@@ -261,7 +268,7 @@ if ! python3 -c 'import epplib' 2>/dev/null; then
   archives=("$repo"/../shared/clients/epplib-*.tar.gz)
   if [ -e "${archives[0]}" ]; then
     say "installing cisagov/epplib from ${archives[0]}"
-    python3 -m pip install -q "${archives[0]}" >"$work/pip.log" 2>&1 \
+    timeout 300 python3 -m pip install -q "${archives[0]}" >"$work/pip.log" 2>&1 \
       || { tail -20 "$work/pip.log"; fail "pip could not install ${archives[0]}"; }
   fi
 fi
