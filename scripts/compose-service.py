@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Prints one docker-compose service's command, environment, volumes and secrets as JSON, with
-the secrets resolved to their files, so that tests can run exactly what the compose file runs.
+"""Prints one docker-compose service's image, command, environment, volumes, secrets and
+dependencies as JSON, with the secrets resolved to their files, so that tests can run exactly what
+the compose file runs. Values are as written in the file: `$$` is not yet unescaped.
 
 Usage: scripts/compose-service.py docker-compose.yml SERVICE
 """
@@ -20,7 +21,12 @@ for s in svc.get("secrets") or []:
     src = s if isinstance(s, str) else s["source"]
     target = f"/run/secrets/{src if isinstance(s, str) else s.get('target', src)}"
     secrets[target] = doc["secrets"][src]["file"]
+depends = svc.get("depends_on") or {}
+if isinstance(depends, list):
+    depends = {d: {"condition": "service_started"} for d in depends}
 print(json.dumps({
+    "image": svc.get("image"),
+    "depends_on": {d: (c or {}).get("condition", "service_started") for d, c in depends.items()},
     "command": [str(a) for a in svc.get("command") or []],
     "environment": {k: str(v) for k, v in env.items()},
     "volumes": svc.get("volumes") or [],

@@ -1,7 +1,10 @@
 //! The docker-compose file, run without Docker: the exact command lines it gives the mock registry,
 //! eppmux and the app, with only what a container runtime would supply mapped to this machine —
 //! mounted paths and secrets to their files in the repository, service host names to the
-//! processes' loopback addresses, and `0.0.0.0:PORT` to an ephemeral loopback port.
+//! processes' loopback addresses, and `0.0.0.0:PORT` to an ephemeral loopback port. The app's
+//! image (python) cannot be pulled here, so what of its command needs the image or the network
+//! (installing epplib) is checked statically. `scripts/compose-smoke.sh` runs the registry and
+//! eppmux services on a real Docker engine.
 
 mod common;
 
@@ -16,6 +19,9 @@ use tokio::process::{Child, Command};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 struct Service {
+    image: Option<String>,
+    /// service → condition
+    depends_on: HashMap<String, String>,
     command: Vec<String>,
     environment: HashMap<String, String>,
     /// container path → repository path
@@ -63,7 +69,15 @@ fn service(name: &str) -> Service {
         .iter()
         .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
         .collect();
+    let depends_on = v["depends_on"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect();
     Service {
+        image: v["image"].as_str().map(str::to_string),
+        depends_on,
         command: strings(&v["command"]),
         environment,
         mounts,
@@ -85,6 +99,33 @@ fn localise(arg: &str, svc: &Service, hosts: &HashMap<&str, String>) -> String {
         }
     }
     arg.to_string()
+}
+
+/// The value after `flag` in a command line.
+fn flag<'a>(command: &'a [String], flag: &str) -> &'a str {
+    let i = command
+        .iter()
+        .position(|a| a == flag)
+        .unwrap_or_else(|| panic!("{flag} missing from {command:?}"));
+    &command[i + 1]
+}
+
+/// The repository file that a container path of this service is (a mount or a secret).
+fn host_path(svc: &Service, container_path: &str) -> String {
+    let path = localise(container_path, svc, &HashMap::new());
+    assert_ne!(path, container_path, "{container_path} is not mounted");
+    path
+}
+
+/// The app's `sh -c` script, with `$$` unescaped as compose does, cut into its `&&` steps.
+fn app_steps(app: &Service) -> Vec<String> {
+    assert_eq!(app.command.len(), 3, "app: {:?}", app.command);
+    assert_eq!(app.command[..2], ["sh", "-c"], "app: {:?}", app.command);
+    app.command[2]
+        .replace("$$", "$")
+        .split(" && ")
+        .map(|s| s.trim().to_string())
+        .collect()
 }
 
 fn spawn(svc: &Service, hosts: &HashMap<&str, String>) -> (Child, LogLines) {
@@ -153,28 +194,65 @@ async fn the_compose_command_lines_work_against_the_mock_registry() {
         String::from_utf8_lossy(&out.stdout)
     );
 
-    // The app service's own command: an epplib-style client trusting the CA via SSL_CERT_FILE.
+    // The app service's own command, step by step. Its first step builds the trust bundle for
+    // real; its second installs epplib from the network (checked statically, in the test below);
+    // its last runs the app's client against eppmux, trusting that bundle.
     let app = service("app");
+    let steps = app_steps(&app);
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("eppmux-ca-bundle.pem");
+    let bundle_step: Vec<String> = steps[0]
+        .split_whitespace()
+        .map(|a| localise(a, &app, &no_hosts))
+        .collect();
+    let out = Command::new("sh")
+        .args(["-c", &bundle_step.join(" ")])
+        .env("SSL_CERT_FILE", &bundle)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{bundle_step:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let built = std::fs::read_to_string(&bundle).unwrap();
+    let system = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap();
+    let ca = std::fs::read_to_string(format!("{ROOT}/certs-example/ca.pem")).unwrap();
+    assert_eq!(
+        built,
+        format!("{system}{ca}"),
+        "system roots, then eppmux's CA"
+    );
+
     let port = tls_addr.rsplit(':').next().unwrap().to_string();
-    let args: Vec<String> = app.command[1..]
-        .iter()
-        .map(|a| match a.as_str() {
+    let client: Vec<String> = steps[2]
+        .split_whitespace()
+        .skip(1) // exec
+        .map(|a| match a {
+            "python" => "python3".to_string(),
             "eppmux" => "localhost".to_string(),
             "700" => port.clone(),
             a => localise(a, &app, &no_hosts),
         })
         .collect();
-    let envs: HashMap<String, String> = app
-        .environment
-        .iter()
-        .map(|(k, v)| (k.clone(), localise(v, &app, &no_hosts)))
-        .collect();
-    let out = Command::new("python3")
-        .args(&args)
-        .envs(&envs)
+    let has_epplib = std::process::Command::new("python3")
+        .args(["-c", "import epplib"])
         .output()
-        .await
-        .unwrap();
+        .unwrap()
+        .status
+        .success();
+    let mut run = Command::new(&client[0]);
+    if has_epplib {
+        run.args(&client[1..]);
+    } else {
+        // scripts/install-test-deps.sh does not install epplib (yet): trust and transport are
+        // still checked, by the standard-library client that mimics epplib's.
+        eprintln!("epplib is not installed: running tests/interop/epplib_transport.py instead");
+        run.arg(format!("{ROOT}/tests/interop/epplib_transport.py"))
+            .args(["localhost", &port, CLID, PASSWORD, "compose.gov"]);
+    }
+    let out = run.env("SSL_CERT_FILE", &bundle).output().await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -182,7 +260,7 @@ async fn the_compose_command_lines_work_against_the_mock_registry() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("OK logout") && stdout.contains("OK closed"),
+        stdout.contains("OK logout 1500") && stdout.ends_with("OK closed\n"),
         "{stdout}"
     );
 
@@ -208,5 +286,90 @@ async fn the_compose_command_lines_work_against_the_mock_registry() {
             .unwrap()
             .unwrap();
         assert!(status.success(), "{status:?}");
+    }
+}
+
+#[test]
+fn the_app_service_installs_real_epplib_and_trusts_system_roots_plus_the_eppmux_ca() {
+    let app = service("app");
+    let eppmux = service("eppmux");
+    assert!(
+        app.image
+            .as_deref()
+            .is_some_and(|i| i.starts_with("python:3")),
+        "{:?}",
+        app.image
+    );
+    assert_eq!(
+        app.depends_on.get("eppmux").map(String::as_str),
+        Some("service_healthy")
+    );
+    let steps = app_steps(&app);
+    assert_eq!(
+        steps.len(),
+        3,
+        "bundle, install epplib, run the client: {steps:?}"
+    );
+
+    // SSL_CERT_FILE: the system roots plus the CA of the certificates eppmux serves, written
+    // outside the read-only mounts.
+    let bundle = &app.environment["SSL_CERT_FILE"];
+    assert!(bundle.starts_with("/tmp/"), "{bundle}");
+    assert_eq!(
+        steps[0],
+        r#"cat /etc/ssl/certs/ca-certificates.crt /certs/ca.pem > "$SSL_CERT_FILE""#
+    );
+    assert_eq!(
+        host_path(&app, "/certs/ca.pem"),
+        host_path(&eppmux, "/certs/ca.pem")
+    );
+    assert!(flag(&eppmux.command, "--tls-cert").starts_with("/certs/"));
+
+    // Real epplib (not on PyPI): whatever EPPLIB names, by default cisagov's archive of a commit.
+    assert!(
+        steps[1].starts_with("pip install ") && steps[1].ends_with(r#" "$EPPLIB""#),
+        "{}",
+        steps[1]
+    );
+    let epplib = &app.environment["EPPLIB"];
+    assert!(
+        epplib.starts_with("https://github.com/cisagov/epplib/archive/")
+            && epplib.ends_with(".tar.gz"),
+        "{epplib}"
+    );
+
+    // The client: the app's script, at eppmux's service name and TLS port, as its account, with
+    // the password from the same secret eppmux reads.
+    let client: Vec<&str> = steps[2].split_whitespace().collect();
+    assert_eq!(
+        client[..4],
+        ["exec", "python", "/app/compose_client.py", "session"]
+    );
+    let script = host_path(&app, client[2]);
+    assert!(std::path::Path::new(&script).is_file(), "{script}");
+    assert_eq!(client[4], "eppmux");
+    assert_eq!(
+        client[5],
+        flag(&eppmux.command, "--listen-tls")
+            .rsplit(':')
+            .next()
+            .unwrap()
+    );
+    assert_eq!(client[6], flag(&eppmux.command, "--clid"));
+    assert_eq!(
+        host_path(&app, client[7]),
+        host_path(&eppmux, flag(&eppmux.command, "--password-file"))
+    );
+    assert_eq!(client.len(), 9, "{client:?}");
+
+    // What the README tells a reader about the app is what the file does.
+    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap();
+    for needle in [
+        "EPPLIB",
+        "SSL_CERT_FILE",
+        "compose_client.py",
+        "scripts/compose-smoke.sh",
+    ] {
+        assert!(readme.contains(needle), "README.md should mention {needle}");
     }
 }
