@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use eppmux::config::{
-    AccountConfig, Cli, Command, Config, DemoArgs, LogFormat, MockArgs, RunArgs, ServerTls,
-    UpstreamConfig,
+    AccountConfig, Cli, Command, Config, DemoArgs, EnvSecrets, LogFormat, MockArgs, RunArgs,
+    ServerTls, UpstreamConfig,
 };
 use eppmux::mock_registry::{MockConfig, MockRegistry};
 use eppmux::proxy::Proxy;
@@ -52,7 +52,11 @@ fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
 }
 
 fn load(args: &RunArgs) -> Result<Config> {
-    Config::from_sources(args, std::env::var("EPPMUX_PASSWORD").ok())
+    let args = RunArgs {
+        env_secrets: EnvSecrets::from_env(),
+        ..args.clone()
+    };
+    Config::from_sources(&args, std::env::var("EPPMUX_PASSWORD").ok())
         .context("invalid configuration")
 }
 
@@ -239,8 +243,8 @@ async fn demo(args: DemoArgs) -> Result<()> {
         listen: Some(args.listen),
         listen_tls: Some(args.listen_tls),
         tls: Some(ServerTls {
-            cert: certs.join("server.pem"),
-            key: certs.join("server-key.pem"),
+            cert: certs.join("server.pem").into(),
+            key: certs.join("server-key.pem").into(),
             client_ca: None,
             client_allow: Vec::new(),
         }),
@@ -248,8 +252,8 @@ async fn demo(args: DemoArgs) -> Result<()> {
             addr: registry.addr.to_string(),
             server_name: "localhost".into(),
             ca: Some(certs.join("ca.pem")),
-            cert: certs.join("client.pem"),
-            key: certs.join("client-key.pem"),
+            cert: certs.join("client.pem").into(),
+            key: certs.join("client-key.pem").into(),
             step_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(60),
         },
