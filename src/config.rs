@@ -39,6 +39,24 @@ pub enum Command {
     Check(Box<RunArgs>),
     /// Exit 0 when the admin endpoint says eppmux is ready (for container healthchecks).
     Healthcheck(HealthArgs),
+    /// Write one PEM file with the system's root CAs and eppmux's CA, for clients that take their
+    /// trust from one file (Python's SSL_CERT_FILE): they then trust eppmux and everything else.
+    CaBundle(CaBundleArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CaBundleArgs {
+    /// The CA certificate that signed eppmux's listener certificate (repeatable).
+    #[arg(long = "ca", value_name = "FILE", required = true)]
+    pub ca: Vec<PathBuf>,
+    /// Where to write the bundle; replaced atomically, so readers never see half a file.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Take the system roots from this PEM file instead of the platform's store. By default the
+    /// platform's store is read with SSL_CERT_FILE and SSL_CERT_DIR ignored, so that a bundle
+    /// is never built from a previous bundle.
+    #[arg(long, value_name = "FILE")]
+    pub system_roots: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

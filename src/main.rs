@@ -19,6 +19,10 @@ use eppmux::secret::Secret;
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::CaBundle(args)) = &cli.command {
+        // Before the runtime starts any thread: ca_bundle changes this process's environment.
+        return ca_bundle(args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -29,7 +33,34 @@ fn main() -> Result<()> {
         Some(Command::MockRegistry(args)) => runtime.block_on(mock(args)),
         Some(Command::Check(args)) => runtime.block_on(check(*args)),
         Some(Command::Healthcheck(args)) => runtime.block_on(healthcheck(args)),
+        Some(Command::CaBundle(_)) => unreachable!("handled before the runtime starts"),
     }
+}
+
+/// `eppmux ca-bundle`: the system roots plus eppmux's CA in one file, for `SSL_CERT_FILE`.
+fn ca_bundle(args: &eppmux::config::CaBundleArgs) -> Result<()> {
+    if args.system_roots.is_none() {
+        // The platform store, not whatever these point at: in an app whose SSL_CERT_FILE is the
+        // previous bundle (or eppmux's CA alone), the bundle must still start from the system.
+        // Single-threaded here, so changing the environment is sound.
+        for var in ["SSL_CERT_FILE", "SSL_CERT_DIR"] {
+            if let Some(value) = std::env::var_os(var) {
+                eprintln!(
+                    "eppmux ca-bundle: ignoring {var}={} (reading the platform's store; --system-roots FILE to choose)",
+                    value.to_string_lossy()
+                );
+                std::env::remove_var(var);
+            }
+        }
+    }
+    let summary = eppmux::tls::write_ca_bundle(&args.ca, args.system_roots.as_deref(), &args.out)?;
+    eprintln!(
+        "eppmux ca-bundle: wrote {} system root(s) and {} eppmux CA certificate(s) to {}",
+        summary.system_roots,
+        summary.added,
+        args.out.display()
+    );
+    Ok(())
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> Result<()> {

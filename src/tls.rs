@@ -172,6 +172,99 @@ fn system_roots() -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// What [`write_ca_bundle`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BundleSummary {
+    pub system_roots: usize,
+    pub added: usize,
+}
+
+/// Writes `out`: the system's root certificates (from `system_roots`, or the platform's store as
+/// rustls-native-certs finds it) followed by the CA certificates in `cas`, each once, as PEM.
+///
+/// Python (and OpenSSL generally) takes a process's default trust from one file,
+/// `SSL_CERT_FILE`; pointing it at eppmux's CA alone would make every other TLS connection of the
+/// process fail. This bundle keeps both. It is written next to `out` and renamed into place, so a
+/// process starting meanwhile reads the old file or the new one, never half of one.
+pub fn write_ca_bundle(
+    cas: &[std::path::PathBuf],
+    system_roots: Option<&Path>,
+    out: &Path,
+) -> Result<BundleSummary, TlsError> {
+    let system = match system_roots {
+        Some(path) => load_certs(path)?,
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            if found.certs.is_empty() {
+                return Err(TlsError::Config(format!(
+                    "no system CA certificates found ({:?}); give --system-roots FILE",
+                    found.errors.first().map(|e| e.to_string())
+                )));
+            }
+            found.certs
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    let encode = |cert: &CertificateDer<'_>| {
+        pem::encode_config(&pem::Pem::new("CERTIFICATE", cert.as_ref()), lf)
+    };
+    let mut text = String::from(
+        "# Trust bundle written by `eppmux ca-bundle`: the system's root CAs, then eppmux's CA.\n",
+    );
+    let mut summary = BundleSummary {
+        system_roots: 0,
+        added: 0,
+    };
+    for cert in &system {
+        if seen.insert(cert.as_ref().to_vec()) {
+            text.push_str(&encode(cert));
+            summary.system_roots += 1;
+        }
+    }
+    for ca in cas {
+        for (i, cert) in load_certs(ca)?.iter().enumerate() {
+            let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+                .map_err(|e| file_err(&ca.display(), format!("unreadable certificate: {e}")))?;
+            // OpenSSL only anchors trust in CA certificates: a leaf here would verify nothing.
+            if !parsed.is_ca() {
+                return Err(file_err(
+                    &ca.display(),
+                    format!(
+                        "certificate {} ({}) is not a CA certificate; give the CA that signed eppmux's listener certificate",
+                        i + 1,
+                        parsed.subject()
+                    ),
+                ));
+            }
+            if seen.insert(cert.as_ref().to_vec()) {
+                text.push_str(&format!(
+                    "# eppmux CA from {}: {}\n",
+                    ca.display(),
+                    parsed.subject()
+                ));
+                text.push_str(&encode(cert));
+                summary.added += 1;
+            }
+        }
+    }
+    let file_name = out
+        .file_name()
+        .ok_or_else(|| TlsError::Config(format!("--out {}: not a file name", out.display())))?;
+    let tmp = out.with_file_name(format!(
+        ".{}.{}.tmp",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, out))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            file_err(&out.display(), e)
+        })?;
+    Ok(summary)
+}
+
 /// Server side of a TLS listener; with `client_ca`, clients must present a certificate it signed.
 pub fn server_config(
     cert: &(impl PemInput + ?Sized),
