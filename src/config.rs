@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::frame::DEFAULT_MAX_FRAME;
+use crate::keys::{KeySource, PemSource};
 use crate::secret::Secret;
 
 #[derive(Debug, Parser)]
@@ -38,6 +39,24 @@ pub enum Command {
     Check(Box<RunArgs>),
     /// Exit 0 when the admin endpoint says eppmux is ready (for container healthchecks).
     Healthcheck(HealthArgs),
+    /// Write one PEM file with the system's root CAs and eppmux's CA, for clients that take their
+    /// trust from one file (Python's SSL_CERT_FILE): they then trust eppmux and everything else.
+    CaBundle(CaBundleArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CaBundleArgs {
+    /// The CA certificate that signed eppmux's listener certificate (repeatable).
+    #[arg(long = "ca", value_name = "FILE", required = true)]
+    pub ca: Vec<PathBuf>,
+    /// Where to write the bundle; replaced atomically, so readers never see half a file.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Take the system roots from this PEM file instead of the platform's store. By default the
+    /// platform's store is read with SSL_CERT_FILE and SSL_CERT_DIR ignored, so that a bundle
+    /// is never built from a previous bundle.
+    #[arg(long, value_name = "FILE")]
+    pub system_roots: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -71,12 +90,15 @@ pub struct RunArgs {
     /// TLS listener address (e.g. 127.0.0.1:700); needs --tls-cert and --tls-key.
     #[arg(long, env = "EPPMUX_LISTEN_TLS", value_name = "ADDR")]
     pub listen_tls: Option<SocketAddr>,
-    /// PEM certificate chain for the TLS listener.
+    /// PEM certificate chain for the TLS listener (or its content in EPPMUX_TLS_CERT_PEM).
     #[arg(long, env = "EPPMUX_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key for the TLS listener.
+    /// PEM private key for the TLS listener (or its content in EPPMUX_TLS_KEY_PEM).
     #[arg(long, env = "EPPMUX_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// File holding the passphrase of an encrypted --tls-key (or set EPPMUX_TLS_KEY_PASSPHRASE).
+    #[arg(long, env = "EPPMUX_TLS_KEY_PASSPHRASE_FILE", value_name = "FILE")]
+    pub tls_key_passphrase_file: Option<PathBuf>,
     /// PEM CA bundle: when set, local TLS clients must present a certificate it signed.
     #[arg(long, env = "EPPMUX_TLS_CLIENT_CA", value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
@@ -86,12 +108,15 @@ pub struct RunArgs {
     /// PEM CA bundle that signed the registry's certificate (default: the system roots).
     #[arg(long, env = "EPPMUX_UPSTREAM_CA", value_name = "FILE")]
     pub upstream_ca: Option<PathBuf>,
-    /// PEM client certificate chain presented to the registry.
+    /// PEM client certificate chain presented to the registry (or its content in EPPMUX_UPSTREAM_CERT_PEM).
     #[arg(long, env = "EPPMUX_UPSTREAM_CERT", value_name = "FILE")]
     pub upstream_cert: Option<PathBuf>,
-    /// PEM private key of the client certificate.
+    /// PEM private key of the client certificate (or its content in EPPMUX_UPSTREAM_KEY_PEM).
     #[arg(long, env = "EPPMUX_UPSTREAM_KEY", value_name = "FILE")]
     pub upstream_key: Option<PathBuf>,
+    /// File holding the passphrase of an encrypted --upstream-key (or set EPPMUX_UPSTREAM_KEY_PASSPHRASE).
+    #[arg(long, env = "EPPMUX_UPSTREAM_KEY_PASSPHRASE_FILE", value_name = "FILE")]
+    pub upstream_key_passphrase_file: Option<PathBuf>,
     /// Name to verify the registry certificate against (and send as SNI) instead of HOST.
     #[arg(long, env = "EPPMUX_UPSTREAM_SERVER_NAME", value_name = "NAME")]
     pub upstream_server_name: Option<String>,
@@ -206,6 +231,90 @@ pub struct RunArgs {
     /// Log filter (tracing's EnvFilter syntax, e.g. `info` or `eppmux=debug`) [default: info].
     #[arg(long, env = "EPPMUX_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// What only the environment may carry; the binary fills it from its environment.
+    #[arg(skip)]
+    pub env_secrets: EnvSecrets,
+}
+
+/// Certificate and key contents and key passphrases: taken from the environment only, never from
+/// a flag (which `ps` and shell histories show) — the form Cloud Foundry and container platforms
+/// hand secrets to a process in. Read by [`EnvSecrets::from_env`]; tests build it directly, so
+/// that they do not depend on the process environment. Empty variables count as unset.
+#[derive(Debug, Clone, Default)]
+pub struct EnvSecrets {
+    /// EPPMUX_UPSTREAM_CERT_PEM: PEM text or its base64.
+    pub upstream_cert_pem: Option<Secret>,
+    /// EPPMUX_UPSTREAM_KEY_PEM: PEM text or its base64.
+    pub upstream_key_pem: Option<Secret>,
+    /// EPPMUX_UPSTREAM_KEY_PASSPHRASE.
+    pub upstream_key_passphrase: Option<Secret>,
+    /// EPPMUX_TLS_CERT_PEM: PEM text or its base64.
+    pub tls_cert_pem: Option<Secret>,
+    /// EPPMUX_TLS_KEY_PEM: PEM text or its base64.
+    pub tls_key_pem: Option<Secret>,
+    /// EPPMUX_TLS_KEY_PASSPHRASE.
+    pub tls_key_passphrase: Option<Secret>,
+}
+
+impl EnvSecrets {
+    pub fn from_env() -> EnvSecrets {
+        Self::from_lookup(|var| std::env::var(var).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> EnvSecrets {
+        let get = |var: &str| get(var).filter(|v| !v.is_empty()).map(Secret::new);
+        EnvSecrets {
+            upstream_cert_pem: get("EPPMUX_UPSTREAM_CERT_PEM"),
+            upstream_key_pem: get("EPPMUX_UPSTREAM_KEY_PEM"),
+            upstream_key_passphrase: get("EPPMUX_UPSTREAM_KEY_PASSPHRASE"),
+            tls_cert_pem: get("EPPMUX_TLS_CERT_PEM"),
+            tls_key_pem: get("EPPMUX_TLS_KEY_PEM"),
+            tls_key_passphrase: get("EPPMUX_TLS_KEY_PASSPHRASE"),
+        }
+    }
+}
+
+/// A file option and the `_PEM` variable that may replace it: one or the other, never both.
+fn pem_input(
+    key: &'static str,
+    file: Option<PathBuf>,
+    var: &str,
+    value: &Option<Secret>,
+) -> Result<Option<PemSource>, ConfigError> {
+    match (file, value) {
+        (Some(path), Some(_)) => Err(invalid(
+            key,
+            format!(
+                "both a file ({}) and {var} are set; give one of them",
+                path.display()
+            ),
+        )),
+        (Some(path), None) => Ok(Some(PemSource::File(path))),
+        (None, Some(v)) => PemSource::from_env_value(var, v.expose())
+            .map(Some)
+            .map_err(|e| invalid(key, format!("{var}: {e}"))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A key passphrase from its file option or its variable (not both).
+fn passphrase_input(
+    key: &'static str,
+    file: Option<PathBuf>,
+    var: &str,
+    value: &Option<Secret>,
+) -> Result<Option<Secret>, ConfigError> {
+    match (file, value) {
+        (Some(path), Some(_)) => Err(invalid(
+            key,
+            format!(
+                "both a passphrase file ({}) and {var} are set; give one of them",
+                path.display()
+            ),
+        )),
+        (Some(path), None) => Ok(Some(read_password_file(key, &path)?).filter(|p| !p.is_empty())),
+        (None, value) => Ok(value.clone()),
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -311,11 +420,13 @@ struct FileConfig {
     listen_tls: Option<SocketAddr>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    tls_key_passphrase_file: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
     upstream: Option<String>,
     upstream_ca: Option<PathBuf>,
     upstream_cert: Option<PathBuf>,
     upstream_key: Option<PathBuf>,
+    upstream_key_passphrase_file: Option<PathBuf>,
     upstream_server_name: Option<String>,
     max_frame_size: Option<usize>,
     greeting_wait: Option<String>,
@@ -394,8 +505,8 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerTls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub cert: PemSource,
+    pub key: KeySource,
     pub client_ca: Option<PathBuf>,
     /// Canonical SHA-256 fingerprints (`access::fingerprint`); empty: any certificate the CA signed.
     pub client_allow: Vec<String>,
@@ -453,8 +564,8 @@ pub struct UpstreamConfig {
     /// Name the registry's certificate is verified against and sent as SNI.
     pub server_name: String,
     pub ca: Option<PathBuf>,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub cert: PemSource,
+    pub key: KeySource,
     #[serde(serialize_with = "ser_duration")]
     pub step_timeout: Duration,
     #[serde(serialize_with = "ser_duration")]
@@ -643,6 +754,22 @@ impl Config {
         }
         let tls_cert = args.tls_cert.clone().or(rel(file.tls_cert));
         let tls_key = args.tls_key.clone().or(rel(file.tls_key));
+        let env = &args.env_secrets;
+        let tls_cert = pem_input(
+            "tls_cert",
+            tls_cert,
+            "EPPMUX_TLS_CERT_PEM",
+            &env.tls_cert_pem,
+        )?;
+        let tls_key = pem_input("tls_key", tls_key, "EPPMUX_TLS_KEY_PEM", &env.tls_key_pem)?;
+        let tls_key_passphrase = passphrase_input(
+            "tls_key_passphrase_file",
+            args.tls_key_passphrase_file
+                .clone()
+                .or(rel(file.tls_key_passphrase_file)),
+            "EPPMUX_TLS_KEY_PASSPHRASE",
+            &env.tls_key_passphrase,
+        )?;
         let tls_client_ca = args.tls_client_ca.clone().or(rel(file.tls_client_ca));
         if !client_allow.is_empty() && tls_client_ca.is_none() {
             return Err(invalid(
@@ -653,12 +780,25 @@ impl Config {
         let tls = match (listen_tls, tls_cert, tls_key) {
             (Some(_), Some(cert), Some(key)) => Some(ServerTls {
                 cert,
-                key,
+                key: KeySource {
+                    pem: key,
+                    passphrase: tls_key_passphrase,
+                },
                 client_ca: tls_client_ca,
                 client_allow,
             }),
-            (Some(_), None, _) => return Err(invalid("tls_cert", "--listen-tls needs --tls-cert")),
-            (Some(_), _, None) => return Err(invalid("tls_key", "--listen-tls needs --tls-key")),
+            (Some(_), None, _) => {
+                return Err(invalid(
+                    "tls_cert",
+                    "--listen-tls needs --tls-cert (or EPPMUX_TLS_CERT_PEM)",
+                ))
+            }
+            (Some(_), _, None) => {
+                return Err(invalid(
+                    "tls_key",
+                    "--listen-tls needs --tls-key (or EPPMUX_TLS_KEY_PEM)",
+                ))
+            }
             (None, _, _) => None,
         };
 
@@ -681,30 +821,45 @@ impl Config {
                 format!("`{server_name}` is not a DNS name or IP address"),
             ));
         }
+        let upstream_key_passphrase = passphrase_input(
+            "upstream_key_passphrase_file",
+            args.upstream_key_passphrase_file
+                .clone()
+                .or(rel(file.upstream_key_passphrase_file)),
+            "EPPMUX_UPSTREAM_KEY_PASSPHRASE",
+            &env.upstream_key_passphrase,
+        )?;
         let upstream = UpstreamConfig {
             addr,
             server_name,
             ca: args.upstream_ca.clone().or(rel(file.upstream_ca)),
-            cert: args
-                .upstream_cert
-                .clone()
-                .or(rel(file.upstream_cert))
-                .ok_or_else(|| {
-                    invalid(
-                        "upstream_cert",
-                        "a client certificate for the registry is required (RFC 5734 §9)",
-                    )
-                })?,
-            key: args
-                .upstream_key
-                .clone()
-                .or(rel(file.upstream_key))
+            cert: pem_input(
+                "upstream_cert",
+                args.upstream_cert.clone().or(rel(file.upstream_cert)),
+                "EPPMUX_UPSTREAM_CERT_PEM",
+                &env.upstream_cert_pem,
+            )?
+            .ok_or_else(|| {
+                invalid(
+                    "upstream_cert",
+                    "a client certificate for the registry is required (RFC 5734 §9): --upstream-cert or EPPMUX_UPSTREAM_CERT_PEM",
+                )
+            })?,
+            key: KeySource {
+                pem: pem_input(
+                    "upstream_key",
+                    args.upstream_key.clone().or(rel(file.upstream_key)),
+                    "EPPMUX_UPSTREAM_KEY_PEM",
+                    &env.upstream_key_pem,
+                )?
                 .ok_or_else(|| {
                     invalid(
                         "upstream_key",
-                        "the client certificate's private key is required",
+                        "the client certificate's private key is required: --upstream-key or EPPMUX_UPSTREAM_KEY_PEM",
                     )
                 })?,
+                passphrase: upstream_key_passphrase,
+            },
             step_timeout: dur(
                 "upstream_timeout",
                 args.upstream_timeout,
@@ -1279,5 +1434,131 @@ pool_min = 0
         };
         let msg = Config::from_sources(&args, None).unwrap_err().to_string();
         assert!(msg.contains("bogus_key"), "{msg}");
+    }
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/keys")
+            .join(name)
+    }
+
+    #[test]
+    fn certificate_and_key_may_come_from_the_environment_and_never_show() {
+        let key_pem = std::fs::read_to_string(fixture("rsa-key-pkcs8-aes256.pem")).unwrap();
+        let cert_pem = std::fs::read_to_string(fixture("rsa.pem")).unwrap();
+        let b64 = |s: &str| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(s)
+        };
+        let mut a = base();
+        a.upstream_cert = None;
+        a.upstream_key = None;
+        // getgov keeps both base64-encoded; the passphrase as plain text.
+        a.env_secrets = EnvSecrets::from_lookup(|var| match var {
+            "EPPMUX_UPSTREAM_CERT_PEM" => Some(b64(&cert_pem)),
+            "EPPMUX_UPSTREAM_KEY_PEM" => Some(key_pem.clone()),
+            "EPPMUX_UPSTREAM_KEY_PASSPHRASE" => Some("eppmux fixture passphrase".into()),
+            "EPPMUX_TLS_KEY_PASSPHRASE" => Some(String::new()),
+            _ => None,
+        });
+        let cfg = Config::from_sources(&a, Some("pw".into())).unwrap();
+        assert_eq!(
+            cfg.upstream.cert.to_string(),
+            "<from EPPMUX_UPSTREAM_CERT_PEM>"
+        );
+        assert!(
+            cfg.upstream.key.decode().is_ok(),
+            "decrypts with the passphrase"
+        );
+        let shown = cfg.to_redacted_toml();
+        assert!(
+            shown.contains("key = \"<from EPPMUX_UPSTREAM_KEY_PEM> (passphrase <redacted>)\""),
+            "{shown}"
+        );
+        for secret in [
+            "PRIVATE KEY",
+            "CERTIFICATE",
+            "fixture passphrase",
+            &b64(&cert_pem)[..20],
+        ] {
+            assert!(!shown.contains(secret), "{secret} in:\n{shown}");
+            assert!(!format!("{cfg:?}").contains(secret), "{secret} in Debug");
+        }
+    }
+
+    #[test]
+    fn a_file_and_its_environment_variable_together_are_refused_naming_both() {
+        let mut a = base();
+        a.env_secrets.upstream_key_pem = Some(Secret::new("-----BEGIN PRIVATE KEY-----"));
+        let msg = Config::from_sources(&a, Some("pw".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("upstream_key:")
+                && msg.contains("k.pem")
+                && msg.contains("EPPMUX_UPSTREAM_KEY_PEM"),
+            "{msg}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pass"), "p\n").unwrap();
+        let mut a = base();
+        a.upstream_key_passphrase_file = Some(dir.path().join("pass"));
+        a.env_secrets.upstream_key_passphrase = Some(Secret::new("p"));
+        let msg = Config::from_sources(&a, Some("pw".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("upstream_key_passphrase_file:")
+                && msg.contains("pass")
+                && msg.contains("EPPMUX_UPSTREAM_KEY_PASSPHRASE"),
+            "{msg}"
+        );
+
+        let mut a = base();
+        a.env_secrets.upstream_cert_pem = Some(Secret::new("%% not base64 %%"));
+        a.upstream_cert = None;
+        let msg = Config::from_sources(&a, Some("pw".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("upstream_cert: EPPMUX_UPSTREAM_CERT_PEM") && msg.contains("not PEM"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn passphrase_files_in_the_config_file_are_relative_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("up-pass"), "upstream pass\n").unwrap();
+        std::fs::write(dir.path().join("tls-pass"), "listener pass\n").unwrap();
+        let path = dir.path().join("eppmux.toml");
+        std::fs::write(
+            &path,
+            r#"
+listen_tls = "127.0.0.1:1700"
+tls_cert = "c.pem"
+tls_key = "k.pem"
+tls_key_passphrase_file = "tls-pass"
+upstream = "127.0.0.1:700"
+upstream_cert = "client.pem"
+upstream_key = "client-key.pem"
+upstream_key_passphrase_file = "up-pass"
+[[account]]
+clid = "a1"
+password = "first"
+"#,
+        )
+        .unwrap();
+        let args = RunArgs {
+            config: Some(path),
+            ..RunArgs::default()
+        };
+        let cfg = Config::from_sources(&args, None).unwrap();
+        let pass = |k: &KeySource| k.passphrase.as_ref().map(|p| p.expose().to_string());
+        assert_eq!(pass(&cfg.upstream.key).as_deref(), Some("upstream pass"));
+        assert_eq!(
+            pass(&cfg.tls.as_ref().unwrap().key).as_deref(),
+            Some("listener pass")
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod client_session;
 pub mod config;
 pub mod epp;
 pub mod frame;
+pub mod keys;
 pub mod listener;
 pub mod metrics;
 pub mod mock_registry;

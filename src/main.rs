@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use eppmux::config::{
-    AccountConfig, Cli, Command, Config, DemoArgs, LogFormat, MockArgs, RunArgs, ServerTls,
-    UpstreamConfig,
+    AccountConfig, Cli, Command, Config, DemoArgs, EnvSecrets, LogFormat, MockArgs, RunArgs,
+    ServerTls, UpstreamConfig,
 };
 use eppmux::mock_registry::{MockConfig, MockRegistry};
 use eppmux::proxy::Proxy;
@@ -19,6 +19,10 @@ use eppmux::secret::Secret;
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::CaBundle(args)) = &cli.command {
+        // Before the runtime starts any thread: ca_bundle changes this process's environment.
+        return ca_bundle(args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -29,7 +33,34 @@ fn main() -> Result<()> {
         Some(Command::MockRegistry(args)) => runtime.block_on(mock(args)),
         Some(Command::Check(args)) => runtime.block_on(check(*args)),
         Some(Command::Healthcheck(args)) => runtime.block_on(healthcheck(args)),
+        Some(Command::CaBundle(_)) => unreachable!("handled before the runtime starts"),
     }
+}
+
+/// `eppmux ca-bundle`: the system roots plus eppmux's CA in one file, for `SSL_CERT_FILE`.
+fn ca_bundle(args: &eppmux::config::CaBundleArgs) -> Result<()> {
+    if args.system_roots.is_none() {
+        // The platform store, not whatever these point at: in an app whose SSL_CERT_FILE is the
+        // previous bundle (or eppmux's CA alone), the bundle must still start from the system.
+        // Single-threaded here, so changing the environment is sound.
+        for var in ["SSL_CERT_FILE", "SSL_CERT_DIR"] {
+            if let Some(value) = std::env::var_os(var) {
+                eprintln!(
+                    "eppmux ca-bundle: ignoring {var}={} (reading the platform's store; --system-roots FILE to choose)",
+                    value.to_string_lossy()
+                );
+                std::env::remove_var(var);
+            }
+        }
+    }
+    let summary = eppmux::tls::write_ca_bundle(&args.ca, args.system_roots.as_deref(), &args.out)?;
+    eprintln!(
+        "eppmux ca-bundle: wrote {} system root(s) and {} eppmux CA certificate(s) to {}",
+        summary.system_roots,
+        summary.added,
+        args.out.display()
+    );
+    Ok(())
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
@@ -52,7 +83,11 @@ fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
 }
 
 fn load(args: &RunArgs) -> Result<Config> {
-    Config::from_sources(args, std::env::var("EPPMUX_PASSWORD").ok())
+    let args = RunArgs {
+        env_secrets: EnvSecrets::from_env(),
+        ..args.clone()
+    };
+    Config::from_sources(&args, std::env::var("EPPMUX_PASSWORD").ok())
         .context("invalid configuration")
 }
 
@@ -239,8 +274,8 @@ async fn demo(args: DemoArgs) -> Result<()> {
         listen: Some(args.listen),
         listen_tls: Some(args.listen_tls),
         tls: Some(ServerTls {
-            cert: certs.join("server.pem"),
-            key: certs.join("server-key.pem"),
+            cert: certs.join("server.pem").into(),
+            key: certs.join("server-key.pem").into(),
             client_ca: None,
             client_allow: Vec::new(),
         }),
@@ -248,8 +283,8 @@ async fn demo(args: DemoArgs) -> Result<()> {
             addr: registry.addr.to_string(),
             server_name: "localhost".into(),
             ca: Some(certs.join("ca.pem")),
-            cert: certs.join("client.pem"),
-            key: certs.join("client-key.pem"),
+            cert: certs.join("client.pem").into(),
+            key: certs.join("client-key.pem").into(),
             step_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(60),
         },

@@ -1,7 +1,9 @@
 //! TLS configuration, built once at start-up and shared through `Arc`: the local listener's server
 //! config, the upstream client config (mutual TLS towards the registry) and the mock registry's.
-//! Errors name the file that is wrong, so a bad path or a key that does not match its certificate
-//! stops eppmux at start with a message an operator can act on.
+//! Errors name the file (or environment variable) that is wrong, so a bad path, a key that does
+//! not match its certificate or a wrong passphrase stops eppmux at start with a message an
+//! operator can act on. Certificates and keys arrive as [`PemSource`]/[`KeySource`] (a file or an
+//! `EPPMUX_*_PEM` variable; keys possibly encrypted, see [`crate::keys`]); plain paths convert.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,6 +16,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::warn;
 
+use crate::keys::{KeyError, KeyInput, KeySource, PemInput, PemSource};
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{path}: {message}")]
@@ -22,10 +26,27 @@ pub enum TlsError {
     Config(String),
 }
 
-fn file_err(path: &Path, message: impl std::fmt::Display) -> TlsError {
+/// `source` is a path or a [`PemSource`]: what the message names.
+fn file_err(source: &impl std::fmt::Display, message: impl std::fmt::Display) -> TlsError {
     TlsError::File {
-        path: path.display().to_string(),
+        path: source.to_string(),
         message: message.to_string(),
+    }
+}
+
+/// Which options set a key's passphrase, for the message when an encrypted key has none.
+#[derive(Clone, Copy)]
+enum KeyRole {
+    Listener,
+    Upstream,
+}
+
+impl KeyRole {
+    fn passphrase_options(self) -> &'static str {
+        match self {
+            KeyRole::Listener => "--tls-key-passphrase-file or EPPMUX_TLS_KEY_PASSPHRASE",
+            KeyRole::Upstream => "--upstream-key-passphrase-file or EPPMUX_UPSTREAM_KEY_PASSPHRASE",
+        }
     }
 }
 
@@ -44,7 +65,7 @@ const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
 
 /// Refuses a certificate that is expired or not yet valid, naming the file and the dates, and
 /// warns when it expires soon: better to stop at start than to fail every handshake later.
-fn check_validity(path: &Path, cert: &CertificateDer<'_>) -> Result<(), TlsError> {
+fn check_validity(path: &PemSource, cert: &CertificateDer<'_>) -> Result<(), TlsError> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
         .map_err(|e| file_err(path, format!("unreadable certificate: {e}")))?;
     let validity = parsed.validity();
@@ -63,7 +84,7 @@ fn check_validity(path: &Path, cert: &CertificateDer<'_>) -> Result<(), TlsError
     }
     if let Some(left) = validity.time_to_expiration() {
         if left.whole_seconds() < EXPIRY_WARNING.as_secs() as i64 {
-            warn!(path = %path.display(), expires = %validity.not_after, "certificate expires within 30 days");
+            warn!(path = %path, expires = %validity.not_after, "certificate expires within 30 days");
         }
     }
     Ok(())
@@ -84,33 +105,56 @@ fn warn_if_readable_by_others(path: &Path) {
 }
 
 /// A certificate chain whose first (leaf) certificate is valid now.
-pub fn load_leaf_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = load_certs(path)?;
-    check_validity(path, &certs[0])?;
+pub fn load_leaf_chain(
+    source: &(impl PemInput + ?Sized),
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let source = source.pem_source();
+    let certs = load_certs(&source)?;
+    check_validity(&source, &certs[0])?;
     Ok(certs)
 }
 
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_err(path, e))?
+pub fn load_certs(
+    source: &(impl PemInput + ?Sized),
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let source = source.pem_source();
+    let pem = source.read().map_err(|e| file_err(&source, e))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_err(path, e))?;
+        .map_err(|e| file_err(&source, e))?;
     if certs.is_empty() {
-        return Err(file_err(path, "no PEM certificate found"));
+        return Err(file_err(&source, "no PEM certificate found"));
     }
     Ok(certs)
 }
 
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    warn_if_readable_by_others(path);
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| file_err(path, format!("no usable private key: {e}")))
+/// The private key, decrypted if it is encrypted (PKCS#8 or the legacy OpenSSL form).
+pub fn load_key(key: &(impl KeyInput + ?Sized)) -> Result<PrivateKeyDer<'static>, TlsError> {
+    load_key_for(&key.key_source(), None)
+}
+
+fn load_key_for(
+    key: &KeySource,
+    role: Option<KeyRole>,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
+    if let Some(path) = key.pem.path() {
+        warn_if_readable_by_others(path);
+    }
+    key.decode().map_err(|e| match (&e, role) {
+        (KeyError::NoPassphrase { .. }, Some(role)) => {
+            file_err(&key.pem, format!("{e}: set {}", role.passphrase_options()))
+        }
+        (KeyError::NoKey(_) | KeyError::NotPem(_), _) => {
+            file_err(&key.pem, format!("no usable private key: {e}"))
+        }
+        _ => file_err(&key.pem, e),
+    })
 }
 
 pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path)? {
-        roots.add(cert).map_err(|e| file_err(path, e))?;
+        roots.add(cert).map_err(|e| file_err(&path.display(), e))?;
     }
     Ok(roots)
 }
@@ -128,14 +172,108 @@ fn system_roots() -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// What [`write_ca_bundle`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BundleSummary {
+    pub system_roots: usize,
+    pub added: usize,
+}
+
+/// Writes `out`: the system's root certificates (from `system_roots`, or the platform's store as
+/// rustls-native-certs finds it) followed by the CA certificates in `cas`, each once, as PEM.
+///
+/// Python (and OpenSSL generally) takes a process's default trust from one file,
+/// `SSL_CERT_FILE`; pointing it at eppmux's CA alone would make every other TLS connection of the
+/// process fail. This bundle keeps both. It is written next to `out` and renamed into place, so a
+/// process starting meanwhile reads the old file or the new one, never half of one.
+pub fn write_ca_bundle(
+    cas: &[std::path::PathBuf],
+    system_roots: Option<&Path>,
+    out: &Path,
+) -> Result<BundleSummary, TlsError> {
+    let system = match system_roots {
+        Some(path) => load_certs(path)?,
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            if found.certs.is_empty() {
+                return Err(TlsError::Config(format!(
+                    "no system CA certificates found ({:?}); give --system-roots FILE",
+                    found.errors.first().map(|e| e.to_string())
+                )));
+            }
+            found.certs
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    let encode = |cert: &CertificateDer<'_>| {
+        pem::encode_config(&pem::Pem::new("CERTIFICATE", cert.as_ref()), lf)
+    };
+    let mut text = String::from(
+        "# Trust bundle written by `eppmux ca-bundle`: the system's root CAs, then eppmux's CA.\n",
+    );
+    let mut summary = BundleSummary {
+        system_roots: 0,
+        added: 0,
+    };
+    for cert in &system {
+        if seen.insert(cert.as_ref().to_vec()) {
+            text.push_str(&encode(cert));
+            summary.system_roots += 1;
+        }
+    }
+    for ca in cas {
+        for (i, cert) in load_certs(ca)?.iter().enumerate() {
+            let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+                .map_err(|e| file_err(&ca.display(), format!("unreadable certificate: {e}")))?;
+            // OpenSSL only anchors trust in CA certificates: a leaf here would verify nothing.
+            if !parsed.is_ca() {
+                return Err(file_err(
+                    &ca.display(),
+                    format!(
+                        "certificate {} ({}) is not a CA certificate; give the CA that signed eppmux's listener certificate",
+                        i + 1,
+                        parsed.subject()
+                    ),
+                ));
+            }
+            if seen.insert(cert.as_ref().to_vec()) {
+                text.push_str(&format!(
+                    "# eppmux CA from {}: {}\n",
+                    ca.display(),
+                    parsed.subject()
+                ));
+                text.push_str(&encode(cert));
+                summary.added += 1;
+            }
+        }
+    }
+    let file_name = out
+        .file_name()
+        .ok_or_else(|| TlsError::Config(format!("--out {}: not a file name", out.display())))?;
+    let tmp = out.with_file_name(format!(
+        ".{}.{}.tmp",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, out))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            file_err(&out.display(), e)
+        })?;
+    Ok(summary)
+}
+
 /// Server side of a TLS listener; with `client_ca`, clients must present a certificate it signed.
 pub fn server_config(
-    cert: &Path,
-    key: &Path,
+    cert: &(impl PemInput + ?Sized),
+    key: &(impl KeyInput + ?Sized),
     client_ca: Option<&Path>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs = load_leaf_chain(cert)?;
-    let key_der = load_key(key)?;
+    let (cert, key) = (cert.pem_source(), key.key_source());
+    let certs = load_leaf_chain(&cert)?;
+    let key_der = load_key_for(&key, Some(KeyRole::Listener))?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -144,25 +282,22 @@ pub fn server_config(
             let verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(ca)?), provider())
                     .build()
-                    .map_err(|e| file_err(ca, e))?;
+                    .map_err(|e| file_err(&ca.display(), e))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
-    let config = builder.with_single_cert(certs, key_der).map_err(|e| {
-        file_err(
-            key,
-            format!("does not fit certificate {}: {e}", cert.display()),
-        )
-    })?;
+    let config = builder
+        .with_single_cert(certs, key_der)
+        .map_err(|e| file_err(&key.pem, format!("does not fit certificate {cert}: {e}")))?;
     Ok(Arc::new(config))
 }
 
 /// Client side towards a registry: verification is always on (against `ca`, or the system roots);
-/// `identity` is the client certificate and key.
-pub fn client_config(
+/// `identity` is the client certificate and key (paths, or a [`PemSource`] and [`KeySource`]).
+pub fn client_config<C: PemInput + ?Sized, K: KeyInput + ?Sized>(
     ca: Option<&Path>,
-    identity: Option<(&Path, &Path)>,
+    identity: Option<(&C, &K)>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = match ca {
         Some(ca) => load_roots(ca)?,
@@ -173,14 +308,14 @@ pub fn client_config(
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_root_certificates(roots);
     let config = match identity {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(load_leaf_chain(cert)?, load_key(key)?)
-            .map_err(|e| {
-                file_err(
-                    key,
-                    format!("does not fit certificate {}: {e}", cert.display()),
-                )
-            })?,
+        Some((cert, key)) => {
+            let (cert, key) = (cert.pem_source(), key.key_source());
+            let chain = load_leaf_chain(&cert)?;
+            let key_der = load_key_for(&key, Some(KeyRole::Upstream))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| file_err(&key.pem, format!("does not fit certificate {cert}: {e}")))?
+        }
         None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
@@ -243,5 +378,109 @@ mod tests {
         // A key file is not a certificate.
         let err = server_config(&key, &key, None).unwrap_err().to_string();
         assert!(err.contains("server-key.pem"), "{err}");
+    }
+    fn key_with(name: &str, passphrase: Option<&str>) -> KeySource {
+        KeySource {
+            pem: file(&format!("tests/fixtures/keys/{name}")).into(),
+            passphrase: passphrase.map(crate::secret::Secret::new),
+        }
+    }
+
+    const PASS: &str = "eppmux fixture passphrase";
+
+    #[test]
+    fn encrypted_keys_load_with_their_passphrase_in_every_supported_form() {
+        for (cert, key) in [
+            ("rsa.pem", "rsa-key-pkcs8-aes256.pem"),
+            ("rsa.pem", "rsa-key-pkcs8-sha1.pem"),
+            ("rsa.pem", "rsa-key-legacy-aes256.pem"),
+            ("rsa.pem", "rsa-key-legacy-des3.pem"),
+            ("ec.pem", "ec-key-pkcs8-scrypt.pem"),
+            ("ec.pem", "ec-key-legacy-aes128.pem"),
+        ] {
+            let cert = file(&format!("tests/fixtures/keys/{cert}"));
+            // Both sides: the listener's key, and the client key presented to the registry.
+            server_config(&cert, &key_with(key, Some(PASS)), None)
+                .unwrap_or_else(|e| panic!("listener with {key}: {e}"));
+            client_config(
+                Some(&file("certs-example/ca.pem")),
+                Some((&cert, &key_with(key, Some(PASS)))),
+            )
+            .unwrap_or_else(|e| panic!("upstream with {key}: {e}"));
+        }
+    }
+
+    #[test]
+    fn encrypted_key_errors_name_the_file_the_cause_and_the_option_to_set() {
+        let cert = file("tests/fixtures/keys/rsa.pem");
+        let ca = file("certs-example/ca.pem");
+        // These two were "no usable private key: no items found" and "base64 decode error".
+        for key in ["rsa-key-pkcs8-aes256.pem", "rsa-key-legacy-aes256.pem"] {
+            let err = server_config(&cert, &key_with(key, None), None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key)
+                    && err.contains("encrypted")
+                    && err.contains("no passphrase")
+                    && err.contains("EPPMUX_TLS_KEY_PASSPHRASE"),
+                "{err}"
+            );
+            let err = client_config(Some(&ca), Some((&cert, &key_with(key, None))))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains("--upstream-key-passphrase-file"),
+                "{err}"
+            );
+            let err = client_config(Some(&ca), Some((&cert, &key_with(key, Some("wrong")))))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains("wrong passphrase"),
+                "{err}"
+            );
+        }
+        let err = server_config(
+            &cert,
+            &key_with("rsa-key-pkcs12-3des.pem", Some(PASS)),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("rsa-key-pkcs12-3des.pem") && err.contains("cannot decrypt"),
+            "{err}"
+        );
+        // A decrypted key that belongs to another certificate is still caught.
+        let err = server_config(
+            &file("tests/fixtures/keys/ec.pem"),
+            &key_with("rsa-key-pkcs8-aes256.pem", Some(PASS)),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("does not fit"), "{err}");
+    }
+
+    #[test]
+    fn certificates_and_keys_from_environment_values_are_named_by_variable() {
+        let pem = |name: &str| std::fs::read_to_string(file(name)).unwrap();
+        let cert =
+            PemSource::from_env_value("EPPMUX_TLS_CERT_PEM", &pem("certs-example/server.pem"))
+                .unwrap();
+        let key =
+            PemSource::from_env_value("EPPMUX_TLS_KEY_PEM", &pem("certs-example/server-key.pem"))
+                .unwrap();
+        assert!(server_config(&cert, &key, None).is_ok());
+        let wrong =
+            PemSource::from_env_value("EPPMUX_TLS_KEY_PEM", &pem("certs-example/client-key.pem"))
+                .unwrap();
+        let err = server_config(&cert, &wrong, None).unwrap_err().to_string();
+        assert!(
+            err.contains("<from EPPMUX_TLS_KEY_PEM>")
+                && err.contains("does not fit certificate <from EPPMUX_TLS_CERT_PEM>"),
+            "{err}"
+        );
     }
 }

@@ -62,8 +62,8 @@ pub fn proxy_config(upstream: SocketAddr) -> Config {
         listen: Some(loopback()),
         listen_tls: Some(loopback()),
         tls: Some(ServerTls {
-            cert: cert("server.pem"),
-            key: cert("server-key.pem"),
+            cert: cert("server.pem").into(),
+            key: cert("server-key.pem").into(),
             client_ca: None,
             client_allow: Vec::new(),
         }),
@@ -71,8 +71,8 @@ pub fn proxy_config(upstream: SocketAddr) -> Config {
             addr: upstream.to_string(),
             server_name: "localhost".into(),
             ca: Some(cert("ca.pem")),
-            cert: cert("client.pem"),
-            key: cert("client-key.pem"),
+            cert: cert("client.pem").into(),
+            key: cert("client-key.pem").into(),
             step_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(30),
         },
@@ -305,4 +305,34 @@ pub async fn read_log_until(lines: &mut LogLines, needle: &str) -> String {
         }
     }
     panic!("the process exited before logging {needle:?}:\n{seen}");
+}
+
+/// Reports a test that could not run, in a line `scripts/test.sh` counts: written straight to the
+/// process's stderr, past the test harness's output capture, so it shows even when the test
+/// passes. A skip is never silent.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {test}: {why}");
+}
+
+/// `Err(why)` unless `python3` can import every one of `modules`.
+pub fn python_modules(modules: &[&str]) -> Result<(), String> {
+    let probe = format!("import {}", modules.join(", "));
+    let out = std::process::Command::new("python3")
+        .args(["-c", &probe])
+        .output()
+        .map_err(|e| format!("python3 cannot run: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let cause = stderr.lines().last().unwrap_or("").trim();
+    Err(format!(
+        "python3 cannot `{probe}`{}; scripts/install-test-deps.sh installs them",
+        if cause.is_empty() {
+            String::new()
+        } else {
+            format!(" ({cause})")
+        }
+    ))
 }
