@@ -29,6 +29,8 @@ pub struct AdminState {
     /// When set, `/metrics` and `/status` need `Authorization: Bearer <token>`; the probes
     /// (`/healthz`, `/readyz`) stay open for orchestrators.
     pub token: Option<Secret>,
+    /// When each configured certificate expires (Unix seconds), for the expiry gauge.
+    pub certificates: Vec<(&'static str, i64)>,
 }
 
 /// Serves the admin endpoint until `shutdown` is cancelled.
@@ -97,6 +99,7 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
                 for pool in &state.pools {
                     pool.export_gauges();
                 }
+                export_expiry(state);
                 state.metrics.render()
             },
         ),
@@ -123,6 +126,20 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
             "text/plain",
             "not found: /metrics /healthz /readyz /status\n".into(),
         ),
+    }
+}
+
+/// Sets the certificate expiry gauges to the seconds left from now.
+fn export_expiry(state: &AdminState) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for (certificate, expires) in &state.certificates {
+        state
+            .metrics
+            .certificate_expiry
+            .get_or_create(&crate::metrics::CertificateLabel { certificate })
+            .set(expires - now);
     }
 }
 

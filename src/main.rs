@@ -104,15 +104,24 @@ async fn run(args: RunArgs) -> Result<()> {
 /// SIGHUP: read the configuration again and apply what can change without a restart (pool
 /// sizes). An invalid configuration is refused and the running one kept.
 fn reload(args: &RunArgs, running: &Config, proxy: &Proxy) {
+    let count = |result| {
+        proxy
+            .metrics
+            .reloads
+            .get_or_create(&eppmux::metrics::OutcomeLabel { result })
+            .inc();
+    };
     let new = match load(args) {
         Ok(cfg) => cfg,
         Err(e) => {
+            count("failed");
             return warn!(
                 error = format!("{e:#}"),
                 "SIGHUP: configuration refused; keeping the running one"
-            )
+            );
         }
     };
+    count("ok");
     for acc in &new.accounts {
         match proxy.pools.iter().find(|p| p.clid() == acc.clid) {
             Some(pool) => {

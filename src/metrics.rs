@@ -51,6 +51,18 @@ pub struct RefusedLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabel {
+    /// `upstream_client`, `upstream_ca`, `listener` or `listener_client_ca`.
+    pub certificate: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `ok` or `failed`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabel {
     pub account: String,
     /// `not_logged_in`, `lost_query` or `handoff`.
@@ -85,6 +97,8 @@ pub struct Metrics {
     pub login_budget_waits: Family<AccountLabel, Counter>,
     pub login_tokens: Family<AccountLabel, Gauge>,
     pub commands_throttled: Family<AccountLabel, Counter>,
+    pub certificate_expiry: Family<CertificateLabel, Gauge>,
+    pub reloads: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -116,6 +130,8 @@ impl Metrics {
             login_budget_waits: Family::default(),
             login_tokens: Family::default(),
             commands_throttled: Family::default(),
+            certificate_expiry: Family::default(),
+            reloads: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -209,6 +225,16 @@ impl Metrics {
             "commands_throttled",
             "Commands that waited for the per-account command rate limit",
             m.commands_throttled.clone(),
+        );
+        r.register(
+            "certificate_expiry_seconds",
+            "Seconds until each configured certificate expires (the earliest of a bundle)",
+            m.certificate_expiry.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP) by result",
+            m.reloads.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -120,6 +120,7 @@ impl Proxy {
                 metrics: metrics.clone(),
                 pools: pools.clone(),
                 token: cfg.admin_token.clone(),
+                certificates: certificate_expiry(cfg),
             });
             tasks.spawn(crate::admin::serve(
                 listener,
@@ -187,6 +188,30 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// When each configured certificate expires; one that cannot be read was refused at start already.
+fn certificate_expiry(cfg: &Config) -> Vec<(&'static str, i64)> {
+    let mut out = Vec::new();
+    let mut add = |name: &'static str, expires: Result<i64, TlsError>| {
+        if let Ok(at) = expires {
+            out.push((name, at));
+        }
+    };
+    add(
+        "upstream_client",
+        crate::tls::expires_at(&cfg.upstream.cert),
+    );
+    if let Some(ca) = &cfg.upstream.ca {
+        add("upstream_ca", crate::tls::expires_at(ca.as_path()));
+    }
+    if let Some(tls) = &cfg.tls {
+        add("listener", crate::tls::expires_at(&tls.cert));
+        if let Some(ca) = &tls.client_ca {
+            add("listener_client_ca", crate::tls::expires_at(ca.as_path()));
+        }
+    }
+    out
 }
 
 /// Descriptors eppmux needs besides client connections: upstream sessions, listeners, the admin

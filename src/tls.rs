@@ -128,6 +128,19 @@ pub fn load_certs(
     Ok(certs)
 }
 
+/// When the earliest certificate in `source` expires, as seconds since the Unix epoch: the leaf of
+/// a chain, or the first CA of a bundle to go. For the expiry gauge and its alert.
+pub fn expires_at(source: &(impl PemInput + ?Sized)) -> Result<i64, TlsError> {
+    let source = source.pem_source();
+    let mut earliest = i64::MAX;
+    for cert in load_certs(&source)? {
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+            .map_err(|e| file_err(&source, format!("unreadable certificate: {e}")))?;
+        earliest = earliest.min(parsed.validity().not_after.timestamp());
+    }
+    Ok(earliest)
+}
+
 /// The private key, decrypted if it is encrypted (PKCS#8 or the legacy OpenSSL form).
 pub fn load_key(key: &(impl KeyInput + ?Sized)) -> Result<PrivateKeyDer<'static>, TlsError> {
     load_key_for(&key.key_source(), None)
