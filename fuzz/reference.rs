@@ -173,6 +173,15 @@ fn is_epp(node: Node, name: &str) -> bool {
     node.tag_name().namespace() == Some(EPP) && node.tag_name().name() == name
 }
 
+/// The attribute in no namespace with this name. Not roxmltree's `attribute("op")`, which for a
+/// name without a namespace matches any attribute with that local name (`x:op` too). Namespace
+/// declarations are never attributes in roxmltree.
+fn plain_attribute<'a>(node: Node<'a, '_>, name: &str) -> Option<&'a str> {
+    node.attributes()
+        .find(|a| a.namespace().is_none() && a.name() == name)
+        .map(|a| a.value())
+}
+
 /// The element children of a node that may hold only elements (and whitespace, comments, PIs).
 fn only_elements<'a, 'i>(node: Node<'a, 'i>) -> Result<Vec<Node<'a, 'i>>, Unreadable> {
     let mut elements = Vec::new();
@@ -241,9 +250,7 @@ fn command(node: Node) -> Result<Reading, Unreadable> {
         "transfer" => &["query", "request", "approve", "reject", "cancel"],
         _ => &[],
     };
-    // roxmltree keeps namespace declarations apart from attributes, and `attribute("op")` is the
-    // attribute in no namespace.
-    let op = verb_node.attribute("op");
+    let op = plain_attribute(*verb_node, "op");
     if !ops.is_empty() && !op.is_some_and(|op| ops.contains(&op)) {
         return Err(Unreadable::Epp("missing or unknown op"));
     }
@@ -285,8 +292,7 @@ fn response(node: Node) -> Result<Reading, Unreadable> {
         .children()
         .find(|n| is_epp(*n, "result"))
         .ok_or(Unreadable::Epp("response without a result"))?;
-    let code = result
-        .attribute("code")
+    let code = plain_attribute(result, "code")
         .and_then(|c| c.parse().ok())
         .ok_or(Unreadable::Epp("result code"))?;
     let msg = match result.children().find(|n| is_epp(*n, "msg")) {
