@@ -562,6 +562,11 @@ impl<'a> Sniffer<'a> {
     fn declare(&mut self, depth: usize) -> Result<(), SniffError> {
         for a in &self.attrs {
             if !a.is_declaration() {
+                // `p:xmlns` is an ordinary attribute to the recommendation, but some readers
+                // (roxmltree among them) take it for a declaration of the default namespace.
+                if a.local == "xmlns" {
+                    return Err(SniffError::Namespace("a prefixed attribute named xmlns"));
+                }
                 continue;
             }
             let prefix = if a.prefix.is_empty() { "" } else { a.local };
@@ -1678,6 +1683,12 @@ mod tests {
             (
                 "repeated declaration",
                 format!("<epp xmlns=\"{EPP_NS}\" xmlns=\"{EPP_NS}\"><hello/></epp>"),
+            ),
+            (
+                "prefixed xmlns attribute",
+                format!(
+                    "<epp xmlns=\"{EPP_NS}\" xmlns:a=\"urn:a\" a:xmlns=\"urn:x\"><hello/></epp>"
+                ),
             ),
         ] {
             assert!(sniff(frame.as_bytes()).is_err(), "{what}: {frame}");

@@ -438,6 +438,7 @@ fn verb_element(t: &mut Tape, p: &str, verb: &str) -> String {
                 " xml:lang=\"en\"",
                 " op=\"req\"op=\"ack\"",
                 " OP=\"req\"",
+                " xmlns:a=\"urn:a\" a:xmlns=\"urn:x\"",
             ]);
         }
     }
