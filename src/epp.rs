@@ -2026,4 +2026,37 @@ mod tests {
         let login = "<login><clID>a</clID><pw>p</pw><newPW>n</newPW><newPW>m</newPW></login>";
         assert!(matches!(cmd(login), Err(SniffError::Structure(_))));
     }
+
+    #[test]
+    fn frames_the_real_epplib_writes_are_read() {
+        // Written by cisagov/epplib bd1d503 with getgov's IETF namespaces: lxml's ns0:/ns1:
+        // prefixes, xsi:schemaLocation on the root and on the object, FRED's extcommand.
+        for (name, metric, query) in [
+            ("epplib-check-domain.xml", "domain:check", true),
+            ("epplib-check-contact.xml", "contact:check", true),
+            ("epplib-check-host.xml", "host:check", true),
+            ("epplib-info-domain.xml", "domain:info", true),
+            ("epplib-info-contact.xml", "contact:info", true),
+            ("epplib-info-host.xml", "host:info", true),
+            ("epplib-create-domain.xml", "domain:create", false),
+            ("epplib-create-host.xml", "host:create", false),
+            ("epplib-delete-domain.xml", "domain:delete", false),
+            ("epplib-delete-contact.xml", "contact:delete", false),
+            ("epplib-delete-host.xml", "host:delete", false),
+            ("epplib-renew-domain.xml", "domain:renew", false),
+            ("epplib-transfer-domain.xml", "domain:transfer", false),
+            ("epplib-transfer-contact.xml", "contact:transfer", false),
+            ("epplib-update-domain.xml", "domain:update", false),
+            ("epplib-update-host.xml", "host:update", false),
+            ("epplib-login.xml", "login", false),
+            ("epplib-login-newpw.xml", "login", false),
+            ("epplib-logout.xml", "logout", false),
+            ("epplib-credit-info-request.xml", "extension", false),
+        ] {
+            let c = command(name);
+            assert_eq!((c.metric_name(), c.is_query()), (metric, query), "{name}");
+        }
+        assert!(command("epplib-login-newpw.xml").login.unwrap().has_new_pw);
+        assert_eq!(sniff(&sample("epplib-hello.xml")), Ok(Message::Hello));
+    }
 }
