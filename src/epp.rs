@@ -874,12 +874,8 @@ impl<'a> Sniffer<'a> {
             trimmed => trimmed.to_string(),
         };
         match field {
-            Field::ClTrid => {
-                // The same element name is used by commands and responses; only one of them is
-                // filled.
-                self.cmd.cltrid = Some(value.clone());
-                self.resp.cltrid = Some(value);
-            }
+            Field::ClTrid if self.kind == Some("response") => self.resp.cltrid = Some(value),
+            Field::ClTrid => self.cmd.cltrid = Some(value),
             Field::SvTrid => self.resp.svtrid = Some(value),
             Field::ClId => self.cmd.login.get_or_insert_with(Login::default).clid = value,
             Field::Pw => self.cmd.login.get_or_insert_with(Login::default).pw = Secret::new(value),
@@ -923,17 +919,16 @@ fn is_xml_whitespace(s: &str) -> bool {
 /// XML 1.0 §2.2: a document holds only `Char`s. Valid UTF-8 already excludes surrogates; what is
 /// left to refuse are C0 controls other than tab, LF and CR, and U+FFFE/U+FFFF (EF BF BE/BF).
 fn check_chars(bytes: &[u8]) -> Result<(), SniffError> {
-    const ALLOWED_C0: u32 = (1 << b'\t') | (1 << b'\n') | (1 << b'\r');
-    // Without early exits, so that the loop over the whole frame vectorises.
-    let (mut control, mut ef) = (false, false);
+    // Plain comparisons without early exits, so that the loop over the whole frame vectorises.
+    let (mut control, mut ef) = (0u8, 0u8);
     for &b in bytes {
-        control |= (b < 0x20) & ((ALLOWED_C0 >> (b & 31)) & 1 == 0);
-        ef |= b == 0xEF;
+        control |= u8::from(b < 0x20) & u8::from(b != b'\t' && b != b'\n' && b != b'\r');
+        ef |= u8::from(b == 0xEF);
     }
-    if control {
+    if control != 0 {
         return Err(malformed("control character"));
     }
-    if ef
+    if ef != 0
         && bytes
             .windows(3)
             .any(|w| matches!(w, [0xEF, 0xBF, 0xBE | 0xBF]))
@@ -960,13 +955,14 @@ fn check_declaration(text: &str) -> Result<bool, SniffError> {
     let end = rest
         .find("?>")
         .ok_or_else(|| malformed("XML declaration not closed"))?;
-    let mut s = &rest[..end];
-    match decl_pseudo_attribute(&mut s)? {
+    let decl = &rest[..end];
+    let mut at = 0;
+    match next_pair(decl, &mut at)? {
         Some(("version", "1.0")) => {}
         Some(("version", _)) => return Err(malformed("XML version other than 1.0")),
         _ => return Err(malformed("XML declaration without a version")),
     }
-    let mut next = decl_pseudo_attribute(&mut s)?;
+    let mut next = next_pair(decl, &mut at)?;
     if let Some(("encoding", name)) = next {
         let valid_name = name.starts_with(|c: char| c.is_ascii_alphabetic())
             && name
@@ -975,46 +971,15 @@ fn check_declaration(text: &str) -> Result<bool, SniffError> {
         if !valid_name || !name.eq_ignore_ascii_case("UTF-8") {
             return Err(SniffError::Encoding);
         }
-        next = decl_pseudo_attribute(&mut s)?;
+        next = next_pair(decl, &mut at)?;
     }
     if let Some(("standalone", "yes" | "no")) = next {
-        next = decl_pseudo_attribute(&mut s)?;
+        next = next_pair(decl, &mut at)?;
     }
     match next {
         None => Ok(true),
         Some(_) => Err(malformed("XML declaration")),
     }
-}
-
-/// One `S name S? = S? "value"` of the XML declaration, or `None` at its end (after `S?`).
-fn decl_pseudo_attribute<'t>(s: &mut &'t str) -> Result<Option<(&'t str, &'t str)>, SniffError> {
-    let rest = s.trim_start_matches(is_xml_space);
-    if rest.is_empty() {
-        *s = rest;
-        return Ok(None);
-    }
-    if rest.len() == s.len() {
-        return Err(malformed("XML declaration: whitespace missing"));
-    }
-    let name_end = rest
-        .find(|c: char| !c.is_ascii_alphabetic())
-        .unwrap_or(rest.len());
-    let (name, rest) = rest.split_at(name_end);
-    let rest = rest
-        .trim_start_matches(is_xml_space)
-        .strip_prefix('=')
-        .ok_or_else(|| malformed("XML declaration"))?
-        .trim_start_matches(is_xml_space);
-    let quote = match rest.chars().next() {
-        Some(q @ ('"' | '\'')) => q,
-        _ => return Err(malformed("XML declaration")),
-    };
-    let rest = &rest[1..];
-    let close = rest
-        .find(quote)
-        .ok_or_else(|| malformed("XML declaration"))?;
-    *s = &rest[close + 1..];
-    Ok(Some((name, &rest[..close])))
 }
 
 /// A processing instruction's target is a name without a colon, and `xml` in any case is reserved
@@ -1040,49 +1005,43 @@ fn is_ncname(name: &[u8]) -> bool {
     }
 }
 
-/// Splits a qualified name (Namespaces 1.0 §4) into prefix ("" for none) and local part.
+/// Splits a qualified name (Namespaces 1.0 §4) into prefix ("" for none) and local part, in one
+/// pass: this runs for every element and attribute name.
 fn split_qname(name: &str) -> Result<(&str, &str), SniffError> {
-    let (prefix, local) = name.split_once(':').unwrap_or(("", name));
-    if (prefix.is_empty() && name.contains(':'))
-        || (!prefix.is_empty() && !is_ncname(prefix.as_bytes()))
-        || !is_ncname(local.as_bytes())
-    {
+    let bytes = name.as_bytes();
+    // Where the current part (prefix, then local part) starts, and the colon between them.
+    let (mut part, mut colon) = (0, None);
+    for (i, &b) in bytes.iter().enumerate() {
+        let valid = match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'_' => true,
+            b'0'..=b'9' | b'-' | b'.' => i > part,
+            b':' if colon.is_none() && i > 0 => {
+                colon = Some(i);
+                part = i + 1;
+                true
+            }
+            _ => false,
+        };
+        if !valid {
+            return Err(malformed("invalid element or attribute name"));
+        }
+    }
+    if part == bytes.len() {
         return Err(malformed("invalid element or attribute name"));
     }
-    Ok((prefix, local))
+    Ok(match colon {
+        Some(i) => (&name[..i], &name[i + 1..]),
+        None => ("", name),
+    })
 }
 
 /// Splits the attribute part of a start tag (what follows the element name) into attributes, as
 /// XML 1.0 §3.1 writes them: whitespace before each, `name S? = S? "value"`, no `<` in a value,
 /// only well-formed references. Hand-written because quick-xml accepts `a="1"b="2"` and `<`.
-fn scan_attributes<'a>(mut s: &'a str, out: &mut Vec<Attr<'a>>) -> Result<(), SniffError> {
-    loop {
-        let rest = s.trim_start_matches(is_xml_space);
-        if rest.is_empty() {
-            return Ok(());
-        }
-        if rest.len() == s.len() {
-            return Err(malformed("attributes must be separated by whitespace"));
-        }
-        let name_end = rest
-            .find(|c: char| is_xml_space(c) || c == '=')
-            .unwrap_or(rest.len());
-        let (name, rest) = rest.split_at(name_end);
+fn scan_attributes<'a>(s: &'a str, out: &mut Vec<Attr<'a>>) -> Result<(), SniffError> {
+    let mut at = 0;
+    while let Some((name, raw)) = next_pair(s, &mut at)? {
         let (prefix, local) = split_qname(name)?;
-        let rest = rest
-            .trim_start_matches(is_xml_space)
-            .strip_prefix('=')
-            .ok_or_else(|| malformed("attribute without a value"))?
-            .trim_start_matches(is_xml_space);
-        let quote = match rest.chars().next() {
-            Some(q @ ('"' | '\'')) => q,
-            _ => return Err(malformed("attribute value not quoted")),
-        };
-        let rest = &rest[1..];
-        let close = rest
-            .find(quote)
-            .ok_or_else(|| malformed("attribute value not closed"))?;
-        let raw = &rest[..close];
         if raw.contains('<') {
             return Err(malformed("`<` in an attribute value"));
         }
@@ -1098,7 +1057,60 @@ fn scan_attributes<'a>(mut s: &'a str, out: &mut Vec<Attr<'a>>) -> Result<(), Sn
             raw,
             ns: None,
         });
-        s = &rest[close + 1..];
+    }
+    Ok(())
+}
+
+/// The next `S name S? = S? "value"` of an attribute list (or of the XML declaration) from `*at`,
+/// or `None` when only whitespace is left. Byte by byte: it runs for every attribute.
+fn next_pair<'a>(s: &'a str, at: &mut usize) -> Result<Option<(&'a str, &'a str)>, SniffError> {
+    let bytes = s.as_bytes();
+    let space = |i: &mut usize| {
+        while bytes
+            .get(*i)
+            .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        {
+            *i += 1;
+        }
+    };
+    let mut i = *at;
+    space(&mut i);
+    if i == bytes.len() {
+        *at = i;
+        return Ok(None);
+    }
+    if i == *at {
+        return Err(malformed("attributes must be separated by whitespace"));
+    }
+    let name_start = i;
+    while bytes
+        .get(i)
+        .is_some_and(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'='))
+    {
+        i += 1;
+    }
+    let name_end = i;
+    space(&mut i);
+    if bytes.get(i) != Some(&b'=') {
+        return Err(malformed("attribute without a value"));
+    }
+    i += 1;
+    space(&mut i);
+    let quote = match bytes.get(i) {
+        Some(&q @ (b'"' | b'\'')) => q,
+        _ => return Err(malformed("attribute value not quoted")),
+    };
+    let value_start = i + 1;
+    let value_end = bytes
+        .get(value_start..)
+        .and_then(|rest| rest.iter().position(|&b| b == quote))
+        .map(|len| value_start + len)
+        .ok_or_else(|| malformed("attribute value not closed"))?;
+    *at = value_end + 1;
+    // Every bound above is an ASCII byte or the end, so a character boundary.
+    match (s.get(name_start..name_end), s.get(value_start..value_end)) {
+        (Some(name), Some(value)) => Ok(Some((name, value))),
+        _ => Err(malformed("attribute")),
     }
 }
 
