@@ -553,12 +553,19 @@ fn sniff_reason(e: &epp::SniffError) -> &'static str {
     use epp::SniffError::*;
     match e {
         NotUtf8 => "not_utf8",
+        Encoding => "encoding",
         Malformed(_) => "malformed_xml",
         DocType => "doctype",
         Entity(_) => "entity",
+        Namespace(_) => "namespace",
+        DuplicateAttribute => "duplicate_attribute",
+        TooManyAttributes => "too_many_attributes",
         NotEpp => "not_epp",
         Several => "several_commands",
         Empty => "no_command",
+        UnknownCommand => "unknown_command",
+        BadOp => "bad_op",
+        Structure(_) => "structure",
         TooDeep => "too_deep",
         BadResultCode => "malformed_xml",
     }
