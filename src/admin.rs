@@ -209,14 +209,36 @@ pub async fn get(
     path: &str,
     wait: Duration,
 ) -> Result<(u16, String), ProbeError> {
+    request(addr, path, None, wait).await
+}
+
+/// `GET path` with `Authorization: Bearer token`, for endpoints behind the admin token.
+pub async fn get_with_token(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    wait: Duration,
+) -> Result<(u16, String), ProbeError> {
+    request(addr, path, Some(token), wait).await
+}
+
+async fn request(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    wait: Duration,
+) -> Result<(u16, String), ProbeError> {
     tokio::time::timeout(wait, async {
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|source| ProbeError::Connect { addr, source })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
         tokio::spawn(conn);
-        let req = Request::get(path)
-            .header(hyper::header::HOST, addr.to_string())
+        let mut req = Request::get(path).header(hyper::header::HOST, addr.to_string());
+        if let Some(token) = token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req
             .body(Empty::<Bytes>::new())
             .map_err(|_| ProbeError::BadPath(path.to_string()))?;
         let resp = sender.send_request(req).await?;

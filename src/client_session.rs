@@ -391,7 +391,7 @@ where
             }
             (State::Greeted { .. }, "login") => self.login(&cmd).await,
             (State::Greeted { .. }, _) => {
-                info!(command = %shown(&cmd.display_name()), "refusing command before login");
+                info!(command = cmd.metric_name(), "refusing command before login");
                 let msg = "Command use error: log in first";
                 Answer::Reply(ctx.answer(code::USE_ERROR, msg, cltrid))
             }
@@ -484,7 +484,8 @@ async fn forward(frame: &Bytes, cmd: &Command, account: &Account, ctx: &ClientCo
     let started = Instant::now();
     let cltrid = cmd.cltrid.as_deref();
     let clid = &account.config.clid;
-    let name = cmd.display_name();
+    // From a fixed set: a client's own namespace never becomes a label or a log field.
+    let name = cmd.metric_name();
     let result = account
         .pool
         .forward(frame.clone(), cltrid, cmd.is_query(), ctx.queue_wait)
@@ -494,17 +495,17 @@ async fn forward(frame: &Bytes, cmd: &Command, account: &Account, ctx: &ClientCo
         Err(PoolError::Lost(e)) => {
             // The registry may have executed it: only the client can decide whether to retry, and a
             // dropped connection is the signal it already handles for a registry that vanishes.
-            warn!(command = %shown(&name), cltrid = %shown(cltrid.unwrap_or("")), reason = %e, "response lost; closing the client connection without replaying the command");
+            warn!(command = name, cltrid = %shown(cltrid.unwrap_or("")), reason = %e, "response lost; closing the client connection without replaying the command");
             return Answer::Close;
         }
-        Err(e) => return refused(&e, &name, cltrid, ctx),
+        Err(e) => return refused(&e, name, cltrid, ctx),
     };
     let elapsed = started.elapsed();
     ctx.metrics
         .commands
         .get_or_create(&CommandLabel {
             account: clid.clone(),
-            command: name.clone(),
+            command: name,
             code: reply.code,
         })
         .inc();
@@ -513,7 +514,7 @@ async fn forward(frame: &Bytes, cmd: &Command, account: &Account, ctx: &ClientCo
         .get_or_create(&crate::metrics::account(clid))
         .observe(elapsed.as_secs_f64());
     info!(
-        command = %shown(&name),
+        command = name,
         cltrid = %shown(cltrid.unwrap_or("")),
         result_code = reply.code,
         latency_us = elapsed.as_micros() as u64,
@@ -540,7 +541,7 @@ fn refused(e: &PoolError, name: &str, cltrid: Option<&str>, ctx: &ClientContext)
         PoolError::ShuttingDown => "Command failed: eppmux is shutting down; nothing was sent".to_string(),
         PoolError::Lost(e) => format!("Command failed: {e}"),
     };
-    warn!(command = %shown(name), cltrid = %shown(cltrid.unwrap_or("")), reason = %e, "answering 2400; command not executed");
+    warn!(command = name, cltrid = %shown(cltrid.unwrap_or("")), reason = %e, "answering 2400; command not executed");
     let reply = ctx.answer(code::COMMAND_FAILED, &msg, cltrid);
     if matches!(e, PoolError::ShuttingDown) {
         Answer::Last(reply)

@@ -30,7 +30,8 @@ pub struct ResultLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CommandLabel {
     pub account: String,
-    pub command: String,
+    /// From `Command::metric_name`'s fixed set, never a client's string.
+    pub command: &'static str,
     pub code: u16,
 }
 

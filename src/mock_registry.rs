@@ -115,6 +115,9 @@ pub enum Fault {
     UseError,
     /// Stop reading from the connection and answer nothing more; close after the idle timeout.
     StopReading,
+    /// Answer 1500 (session ended) without processing, then close: a registry that read the
+    /// command as a `<logout>`.
+    EndSession,
 }
 
 impl Fault {
@@ -133,6 +136,7 @@ impl Fault {
             Fault::NoClTrid => "no-cltrid-2001",
             Fault::UseError => "2002-use-error",
             Fault::StopReading => "stop-reading",
+            Fault::EndSession => "1500-end-session",
         }
     }
 }
@@ -672,17 +676,15 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 unanswered.fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
-            Some(Fault::Close2500) => {
+            Some(Fault::Close2500) | Some(Fault::EndSession) => {
+                let (code, msg) = if fault == Some(Fault::Close2500) {
+                    (2500, "Command failed; server closing connection")
+                } else {
+                    (1500, "Command completed successfully; ending session")
+                };
                 let cltrid = command_cltrid(&sniffed);
-                send(
-                    made,
-                    Out::Frame(epp::response(
-                        2500,
-                        "Command failed; server closing connection",
-                        cltrid.as_deref(),
-                        &shared.svtrid(),
-                    )),
-                );
+                let answer = epp::response(code, msg, cltrid.as_deref(), &shared.svtrid());
+                send(made, Out::Frame(answer));
                 break;
             }
             _ => {}

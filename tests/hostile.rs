@@ -387,3 +387,160 @@ async fn local_client_certificates_can_be_pinned_by_fingerprint() {
         h.stop().await;
     }
 }
+
+#[tokio::test]
+async fn client_namespaces_never_become_metric_labels() {
+    // Before: the raw object namespace was the `command` label — a quote broke the scrape and
+    // every distinct namespace added a series for the life of the process.
+    let h = Harness::start(MockConfig::default(), |_| {}).await;
+    let mut c = h.logged_in().await;
+    for i in 0..60 {
+        let ns = format!("urn:x\" 1 eppmux_fake_total 999 # {i}{}", "y".repeat(1000));
+        let frame = format!(
+            r#"<epp xmlns="urn:ietf:params:xml:ns:epp-1.0"><command><check><x:check xmlns:x='{ns}'><x:name>m.gov</x:name></x:check></check><clTRID>NS-{i}</clTRID></command></epp>"#
+        );
+        c.send(Bytes::from(frame)).await;
+        assert_eq!(
+            c.recv_response().await.cltrid.as_deref(),
+            Some(&*format!("NS-{i}"))
+        );
+    }
+    let admin = h.proxy.admin_addr.unwrap();
+    let (_, metrics) = eppmux::admin::get(admin, "/metrics", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(!metrics.contains("eppmux_fake_total"), "{metrics}");
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("eppmux_commands_forwarded_total{"))
+        .collect();
+    assert_eq!(series.len(), 1, "{series:#?}");
+    assert!(
+        series[0].contains("command=\"other:check\""),
+        "{}",
+        series[0]
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreadable_command_between_pipelined_creates_costs_no_other_client_its_answer() {
+    // Security item 4, from the correctness angle (defect 2): a frame the registry's parser
+    // rejects is answered 2001 without clTRID; with pipelining that used to drop another client
+    // whose create did run.
+    let mock_cfg = MockConfig {
+        strict_cltrid: true,
+        ..MockConfig::default()
+    };
+    let h = Harness::start(mock_cfg, |cfg| {
+        cfg.accounts[0].pool_min = 1;
+        cfg.accounts[0].pool_max = 1;
+        cfg.accounts[0].lifecycle.pipeline_depth = 3;
+    })
+    .await;
+    let mut a = h.logged_in().await;
+    let mut b = h.logged_in().await;
+    let mut c = h.logged_in().await;
+    a.send(Bytes::from(domain_cmd("create", "hold-sec-a.gov", "SA-1")))
+        .await;
+    h.mock.wait_held(1).await;
+    b.send(Bytes::from(domain_cmd("create", "sec-b.gov", "B")))
+        .await;
+    c.send(Bytes::from(domain_cmd("create", "sec-c.gov", "SC-1")))
+        .await;
+    h.mock
+        .wait_until(|m| m.stats().peak_in_flight.load(Relaxed) >= 3)
+        .await;
+    h.mock.release_held(1);
+    assert_eq!(a.recv_response().await.code, 1000);
+    assert_eq!(b.recv_response().await.code, 2001);
+    let r = c.recv_response().await;
+    assert_eq!((r.code, r.cltrid.as_deref()), (1000, Some("SC-1")));
+    for (name, runs) in [("hold-sec-a.gov", 1), ("sec-b.gov", 0), ("sec-c.gov", 1)] {
+        let ran = h
+            .mock
+            .ledger()
+            .iter()
+            .filter(|e| e.names.iter().any(|n| n == name))
+            .count();
+        assert_eq!(ran, runs, "{name}");
+    }
+    assert_eq!(h.mock.stats().logins.load(Relaxed), 1, "no login spent");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_1500_from_the_registry_is_relayed_and_retires_its_session() {
+    let h = Harness::start(MockConfig::default(), |cfg| {
+        cfg.accounts[0].pool_min = 1;
+        cfg.accounts[0].pool_max = 1;
+    })
+    .await;
+    let mut c = h.logged_in().await;
+    h.mock.push_fault(Fault::EndSession);
+    let r = c.command(&domain_cmd("check", "ended.gov", "E-1")).await;
+    assert_eq!((r.code, r.cltrid.as_deref()), (1500, Some("E-1")));
+    c.expect_closed().await;
+    h.proxy.pools[0]
+        .wait_for(|s| s.live == 1 && s.connecting == 0)
+        .await;
+    assert_eq!(
+        h.mock.stats().logins.load(Relaxed),
+        2,
+        "the session was replaced"
+    );
+    let mut c = h.logged_in().await;
+    assert_eq!(
+        c.command(&domain_cmd("check", "after.gov", "E-2"))
+            .await
+            .code,
+        1000
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn local_credentials_keep_the_registry_password_away_from_applications() {
+    let client_der = eppmux::tls::load_certs(&cert("client.pem"))
+        .unwrap()
+        .remove(0);
+    let h = Harness::start(MockConfig::default(), |cfg| {
+        cfg.tls.as_mut().unwrap().client_ca = Some(cert("ca.pem"));
+        let local = &mut cfg.accounts[0].local;
+        local.clid = Some("app1".into());
+        local.password = Some(eppmux::secret::Secret::new("app-local-pw"));
+        local.client_certs = vec![eppmux::access::fingerprint(&client_der)];
+    })
+    .await;
+    let tls = h.proxy.tls_addr.unwrap();
+    // The registry's own credentials no longer log in locally.
+    let mut c = h.plain_client().await;
+    c.greeting().await;
+    assert_eq!(c.command(&login_xml(CLID, PASSWORD, "R")).await.code, 2200);
+    // The local ones do, and commands go to the registry under the registry's clID.
+    let r = c.command(&login_xml("app1", "app-local-pw", "L")).await;
+    assert_eq!(r.code, 1000);
+    assert_eq!(
+        c.command(&domain_cmd("check", "local.gov", "LC"))
+            .await
+            .code,
+        1000
+    );
+    // A client certificate mapped to the account stands in for the password.
+    let mut c = Client::tls(tls, Some(("client.pem", "client-key.pem"))).await;
+    c.greeting().await;
+    assert_eq!(
+        c.command(&login_xml("app1", "anything", "CERT")).await.code,
+        1000
+    );
+    // Without that certificate, a wrong password is still wrong.
+    let mut c = h.plain_client().await;
+    c.greeting().await;
+    assert_eq!(
+        c.command(&login_xml("app1", "anything", "NOCERT"))
+            .await
+            .code,
+        2200
+    );
+    h.stop().await;
+}

@@ -1,12 +1,14 @@
-//! What eppmux logs over a long life: upstream session spans are roots, so a session opened while
-//! another session's (or a client's) span is current does not nest under it — before, every
-//! replacement added a level to every later log line (8 KB lines after 200 rotations). Its own
-//! test binary, so that the global subscriber installed here sees everything.
+//! What eppmux logs, read back: lines stay the same length over any number of session rotations
+//! (upstream session spans are roots: before, every replacement nested under the last and lines
+//! reached 8 KB after 200 rotations), and nothing a client sends can forge a line or flood the
+//! log. Its own test binary, so that the global subscriber installed here sees everything.
 
 mod common;
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
 
 use common::*;
 use eppmux::mock_registry::MockConfig;
@@ -24,16 +26,29 @@ impl Write for Capture {
     }
 }
 
+/// The log of this test binary, in the text format (where forged lines would show).
+fn capture() -> &'static Capture {
+    static CAPTURE: OnceLock<Capture> = OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let capture = Capture::default();
+        let sink = capture.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("eppmux=info")
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .try_init()
+            .expect("this test binary installs the only subscriber");
+        capture
+    })
+}
+
+fn log_text() -> String {
+    String::from_utf8_lossy(&capture().0.lock().unwrap()).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_lines_stay_flat_over_many_session_rotations() {
-    let capture = Capture::default();
-    let sink = capture.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("eppmux=info")
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .try_init()
-        .expect("this test binary installs the only subscriber");
+    capture();
 
     const ROTATIONS: usize = 200;
     let h = Harness::start(MockConfig::default(), |cfg| {
@@ -58,7 +73,7 @@ async fn log_lines_stay_flat_over_many_session_rotations() {
     }
     h.stop().await;
 
-    let log = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let log = log_text();
     let logged_in: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("upstream session logged in"))
@@ -74,4 +89,48 @@ async fn log_lines_stay_flat_over_many_session_rotations() {
     );
     let longest = log.lines().map(str::len).max().unwrap_or(0);
     assert!(longest < 1000, "longest log line {longest} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_values_can_neither_forge_log_lines_nor_flood_the_log() {
+    capture();
+    let h = Harness::start(MockConfig::default(), |_| {}).await;
+    // A clID with a newline and a fake log line after it.
+    let forged =
+        "x\n2026-11-27T00:00:00.000000Z  INFO eppmux::client_session: client logged in clid=FORGED";
+    let mut c = h.tls_client().await;
+    c.greeting().await;
+    assert_eq!(
+        c.command(&login_xml(forged, "wrong", "F-1")).await.code,
+        2200
+    );
+    // After login, commands whose object namespace is 100 KB long, each a different one.
+    let mut c = h.logged_in().await;
+    let before = log_text().len();
+    for i in 0..20 {
+        let ns = format!("urn:flood:{i}:{}", "n".repeat(100_000));
+        let frame = format!(
+            r#"<epp xmlns="urn:ietf:params:xml:ns:epp-1.0"><command><check><x:check xmlns:x="{ns}"><x:name>f.gov</x:name></x:check></check><clTRID>FLOOD-{i}</clTRID></command></epp>"#
+        );
+        c.send(Bytes::from(frame)).await;
+        c.recv_response().await;
+    }
+    let log = log_text();
+    let flood: Vec<&str> = log[before..]
+        .lines()
+        .filter(|l| l.contains("FLOOD-"))
+        .collect();
+    assert_eq!(flood.len(), 20, "one line per command");
+    let longest = flood.iter().map(|l| l.len()).max().unwrap_or(0);
+    assert!(longest < 600, "a command's log line took {longest} bytes");
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("2026-11-27T00:00:00.000000Z")),
+        "a client forged a log line"
+    );
+    assert!(
+        log.contains("clid=x\\n2026-11-27T00:00:00"),
+        "the clID was logged, escaped"
+    );
+    h.stop().await;
 }

@@ -408,3 +408,31 @@ async fn sighup_applies_pool_sizes_and_refuses_bad_configs_without_dropping_clie
     assert!(child.wait().await.unwrap().success());
     mock.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_admin_token_guards_metrics_and_status_but_not_the_probes() {
+    let h = Harness::start(MockConfig::default(), |cfg| {
+        cfg.admin_token = Some(eppmux::secret::Secret::new("t0ken-for-scrapers"));
+    })
+    .await;
+    h.proxy.pools[0].wait_for(|s| s.live >= 1).await;
+    let admin = h.proxy.admin_addr.unwrap();
+    let wait = Duration::from_secs(5);
+    for path in ["/metrics", "/status"] {
+        let (status, _) = eppmux::admin::get(admin, path, wait).await.unwrap();
+        assert_eq!(status, 401, "{path} without the token");
+        let (status, body) = eppmux::admin::get_with_token(admin, path, "t0ken-for-scrapers", wait)
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{path} with the token: {body}");
+        let (status, _) = eppmux::admin::get_with_token(admin, path, "wrong", wait)
+            .await
+            .unwrap();
+        assert_eq!(status, 401, "{path} with a wrong token");
+    }
+    for path in ["/healthz", "/readyz"] {
+        let (status, _) = eppmux::admin::get(admin, path, wait).await.unwrap();
+        assert_eq!(status, 200, "{path} stays open for probes");
+    }
+    h.stop().await;
+}
