@@ -29,8 +29,15 @@ pub struct AdminState {
     /// When set, `/metrics` and `/status` need `Authorization: Bearer <token>`; the probes
     /// (`/healthz`, `/readyz`) stay open for orchestrators.
     pub token: Option<Secret>,
-    /// When each configured certificate expires (Unix seconds), for the expiry gauge.
-    pub certificates: Vec<(&'static str, i64)>,
+    /// When each configured certificate expires, for the expiry gauge.
+    pub certificates: Vec<CertificateExpiry>,
+}
+
+/// One configured certificate and when it expires (Unix seconds).
+pub struct CertificateExpiry {
+    pub registry: String,
+    pub certificate: &'static str,
+    pub expires: i64,
 }
 
 /// Serves the admin endpoint until `shutdown` is cancelled.
@@ -134,12 +141,16 @@ fn export_expiry(state: &AdminState) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    for (certificate, expires) in &state.certificates {
+    for c in &state.certificates {
+        let label = crate::metrics::CertificateLabel {
+            registry: c.registry.clone(),
+            certificate: c.certificate,
+        };
         state
             .metrics
             .certificate_expiry
-            .get_or_create(&crate::metrics::CertificateLabel { certificate })
-            .set(expires - now);
+            .get_or_create(&label)
+            .set(c.expires - now);
     }
 }
 
@@ -172,7 +183,11 @@ pub fn readiness(pools: &[Pool]) -> (bool, Vec<String>) {
                     stats.connecting
                 ),
             };
-            reasons.push(format!("account {}: {why}", pool.clid()));
+            let registry = match pool.registry() {
+                "" => String::new(),
+                name => format!("registry {name}, "),
+            };
+            reasons.push(format!("{registry}account {}: {why}", pool.clid()));
         }
     }
     (reasons.is_empty(), reasons)

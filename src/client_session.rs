@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::access::{Admission, LoginLimiter, Source};
-use crate::config::{AccountConfig, ClientLimits};
+use crate::config::{AccountConfig, ClientLimits, RegistryConfig};
 use crate::epp::{self, code, Command, Message};
 use crate::frame::{ClientCodec, FrameError, Incoming};
 use crate::metrics::{CommandLabel, Metrics, ReasonLabel};
@@ -39,12 +39,8 @@ pub struct Account {
     pub pool: Pool,
 }
 
-/// What every client session shares.
-pub struct ClientContext {
-    pub accounts: Vec<Account>,
-    pub greeting: watch::Receiver<Option<Bytes>>,
-    pub greeting_wait: Duration,
-    pub queue_wait: Duration,
+/// What every client session of every registry shares.
+pub struct ClientShared {
     pub limits: ClientLimits,
     pub login_limiter: LoginLimiter,
     pub metrics: Arc<Metrics>,
@@ -56,21 +52,57 @@ pub struct ClientContext {
     svtrid: AtomicU64,
 }
 
+/// What the client sessions of one registry share: its accounts and its greeting.
+pub struct ClientContext {
+    /// The registry's name for logs and metrics ("" for the unnamed one).
+    pub registry: String,
+    pub accounts: Vec<Account>,
+    pub greeting: watch::Receiver<Option<Bytes>>,
+    pub greeting_wait: Duration,
+    pub queue_wait: Duration,
+    pub shared: Arc<ClientShared>,
+}
+
 impl ClientContext {
     pub fn new(
+        registry: &RegistryConfig,
         accounts: Vec<Account>,
         greeting: watch::Receiver<Option<Bytes>>,
-        cfg: &crate::config::Config,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
+        shared: Arc<ClientShared>,
     ) -> Self {
         Self {
+            registry: registry.label().to_string(),
             accounts,
             greeting,
-            greeting_wait: cfg.greeting_wait,
-            queue_wait: cfg.queue_wait,
-            limits: cfg.limits,
-            login_limiter: LoginLimiter::new(cfg.limits.login_failures_per_minute),
+            greeting_wait: registry.greeting_wait,
+            queue_wait: registry.queue_wait,
+            shared,
+        }
+    }
+
+    /// Finds the account these local credentials belong to. Every account is compared, each in
+    /// constant time, so the answer time says nothing about which part was wrong. A client
+    /// certificate listed for an account stands in for its password.
+    fn authenticate(&self, clid: &str, pw: &Secret, cert: Option<&str>) -> Option<&Account> {
+        let mut found = None;
+        for acc in &self.accounts {
+            let local = &acc.config;
+            let clid_ok = Secret::new(local.local_clid()).ct_eq(clid);
+            let pw_ok = local.local_password().ct_eq(pw.expose());
+            let cert_ok = cert.is_some_and(|fp| local.local.client_certs.iter().any(|c| c == fp));
+            if clid_ok & (pw_ok | cert_ok) {
+                found = Some(acc);
+            }
+        }
+        found
+    }
+}
+
+impl ClientShared {
+    pub fn new(limits: ClientLimits, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
+        Self {
+            limits,
+            login_limiter: LoginLimiter::new(limits.login_failures_per_minute),
             metrics,
             shutdown,
             pre_login: Mutex::new(BTreeMap::new()),
@@ -93,23 +125,6 @@ impl ClientContext {
 
     fn answer(&self, code: u16, msg: &str, cltrid: Option<&str>) -> Bytes {
         epp::response(code, msg, cltrid, &self.next_svtrid())
-    }
-
-    /// Finds the account these local credentials belong to. Every account is compared, each in
-    /// constant time, so the answer time says nothing about which part was wrong. A client
-    /// certificate listed for an account stands in for its password.
-    fn authenticate(&self, clid: &str, pw: &Secret, cert: Option<&str>) -> Option<&Account> {
-        let mut found = None;
-        for acc in &self.accounts {
-            let local = &acc.config;
-            let clid_ok = Secret::new(local.local_clid()).ct_eq(clid);
-            let pw_ok = local.local_password().ct_eq(pw.expose());
-            let cert_ok = cert.is_some_and(|fp| local.local.client_certs.iter().any(|c| c == fp));
-            if clid_ok & (pw_ok | cert_ok) {
-                found = Some(acc);
-            }
-        }
-        found
     }
 
     /// Registers a connection that has not logged in; the token closes it when it is evicted.
@@ -219,15 +234,18 @@ where
 {
     let conn_id = peer.conn;
     let mut conn = Conn {
-        framed: Framed::new(stream, ClientCodec::new(ctx.limits.pre_login_max_frame())),
+        framed: Framed::new(
+            stream,
+            ClientCodec::new(ctx.shared.limits.pre_login_max_frame()),
+        ),
         peer,
         ctx,
         state: State::Greeted { failures: 0 },
         evict,
-        login_deadline: Instant::now() + ctx.limits.login_timeout,
+        login_deadline: Instant::now() + ctx.shared.limits.login_timeout,
     };
     conn.run().await;
-    ctx.leave_pre_login(conn_id);
+    ctx.shared.leave_pre_login(conn_id);
     // Always between frames here. A TLS close_notify (or a TCP FIN) tells clients such as Python's
     // ssl module that the close is deliberate, not a truncation attack.
     let _ = timeout(CLOSE_WAIT, conn.framed.close()).await;
@@ -246,7 +264,7 @@ where
             debug!(error = %e, "client went away before the greeting");
             return;
         }
-        let limits = self.ctx.limits;
+        let limits = self.ctx.shared.limits;
         // Between frames the idle timeout (and the login deadline) runs; within a frame, the
         // frame timeout.
         let mut frame_deadline = None;
@@ -261,7 +279,7 @@ where
             let next = tokio::select! {
                 f = self.framed.next() => f,
                 _ = sleep_until(deadline) => return self.timed_out(frame_deadline.is_some(), logged_in),
-                _ = self.ctx.shutdown.cancelled() => {
+                _ = self.ctx.shared.shutdown.cancelled() => {
                     return info!("closing client connection: eppmux is shutting down");
                 }
                 _ = self.evict.cancelled(), if !logged_in => {
@@ -295,12 +313,12 @@ where
     }
 
     fn timed_out(&self, mid_frame: bool, logged_in: bool) {
-        let limits = self.ctx.limits;
+        let limits = self.ctx.shared.limits;
         if mid_frame {
-            self.ctx.reject("frame_timeout");
+            self.ctx.shared.reject("frame_timeout");
             warn!(timeout = ?limits.frame_timeout, "closing: frame not completed in time (slow or stalled client)");
         } else if !logged_in && Instant::now() >= self.login_deadline {
-            self.ctx.reject("login_timeout");
+            self.ctx.shared.reject("login_timeout");
             warn!(timeout = ?limits.login_timeout, "closing: no login in time");
         } else {
             info!(timeout = ?limits.idle_timeout, "closing idle client connection");
@@ -310,7 +328,7 @@ where
     /// Writes one frame to the client. A client that stops reading would hold the write (and so
     /// eppmux's shutdown) forever: once eppmux is shutting down, it gets [`CLOSE_WAIT`] more.
     async fn send(&mut self, frame: Bytes) -> Result<(), FrameError> {
-        let shutdown = &self.ctx.shutdown;
+        let shutdown = &self.ctx.shared.shutdown;
         let sent = tokio::select! {
             sent = self.framed.send(frame) => sent,
             _ = async {
@@ -333,14 +351,16 @@ where
     async fn refuse_frame(&mut self, e: FrameError) {
         match &e {
             FrameError::TooShort(_) | FrameError::TooLarge { .. } => {
-                self.ctx.reject(if matches!(e, FrameError::TooShort(_)) {
-                    "too_short"
-                } else {
-                    "too_large"
-                });
+                self.ctx
+                    .shared
+                    .reject(if matches!(e, FrameError::TooShort(_)) {
+                        "too_short"
+                    } else {
+                        "too_large"
+                    });
                 let before_login = matches!(self.state, State::Greeted { .. });
                 warn!(reason = %e, before_login, "closing client connection: bad frame header");
-                let answer = self.ctx.answer(
+                let answer = self.ctx.shared.answer(
                     code::SYNTAX_ERROR,
                     &format!("Command syntax error: {e}"),
                     None,
@@ -348,7 +368,7 @@ where
                 let _ = self.send(answer).await;
             }
             FrameError::Truncated(_) => {
-                self.ctx.reject("truncated");
+                self.ctx.shared.reject("truncated");
                 info!(reason = %e, "client closed the connection mid-frame")
             }
             FrameError::Io(err) => debug!(error = %err, "client connection failed"),
@@ -366,39 +386,43 @@ where
                 }
             }
             Ok(other) => {
-                ctx.reject("not_a_command");
+                ctx.shared.reject("not_a_command");
                 warn!(
                     got = kind_name(&other),
                     "refusing frame: clients send commands, not this"
                 );
                 let msg = "Command syntax error: expected <command> or <hello>";
-                return Answer::Reply(ctx.answer(code::SYNTAX_ERROR, msg, None));
+                return Answer::Reply(ctx.shared.answer(code::SYNTAX_ERROR, msg, None));
             }
             Err(e) => {
-                ctx.reject(sniff_reason(&e));
+                ctx.shared.reject(sniff_reason(&e));
                 let cltrid = epp::salvage_cltrid(frame);
                 let shown_cltrid = shown(cltrid.as_deref().unwrap_or(""));
                 warn!(reason = %shown(&e.to_string()), cltrid = %shown_cltrid, "refusing frame; nothing forwarded");
                 let msg = format!("Command syntax error: {e}");
-                return Answer::Reply(ctx.answer(code::SYNTAX_ERROR, &msg, cltrid.as_deref()));
+                return Answer::Reply(ctx.shared.answer(
+                    code::SYNTAX_ERROR,
+                    &msg,
+                    cltrid.as_deref(),
+                ));
             }
         };
         let cltrid = cmd.cltrid.as_deref();
         match (&self.state, cmd.verb.as_str()) {
             (State::LoggedIn { .. }, "login") => {
                 let msg = "Command use error: already logged in";
-                Answer::Reply(ctx.answer(code::USE_ERROR, msg, cltrid))
+                Answer::Reply(ctx.shared.answer(code::USE_ERROR, msg, cltrid))
             }
             (State::Greeted { .. }, "login") => self.login(&cmd).await,
             (State::Greeted { .. }, _) => {
                 info!(command = cmd.metric_name(), "refusing command before login");
                 let msg = "Command use error: log in first";
-                Answer::Reply(ctx.answer(code::USE_ERROR, msg, cltrid))
+                Answer::Reply(ctx.shared.answer(code::USE_ERROR, msg, cltrid))
             }
             (State::LoggedIn { .. }, "logout") => {
                 info!("client logged out");
                 let msg = "Command completed successfully; ending session";
-                Answer::Last(ctx.answer(code::ENDING_SESSION, msg, cltrid))
+                Answer::Last(ctx.shared.answer(code::ENDING_SESSION, msg, cltrid))
             }
             (State::LoggedIn { account }, _) => forward(frame, &cmd, account, ctx).await,
         }
@@ -414,10 +438,14 @@ where
         if login.has_new_pw {
             warn!(%clid, "refusing login with newPW: password changes are not made through eppmux");
             let msg = "Unimplemented option: password change (newPW) is not done through eppmux";
-            return Answer::Reply(ctx.answer(code::UNIMPLEMENTED_OPTION, msg, cltrid));
+            return Answer::Reply(ctx.shared.answer(code::UNIMPLEMENTED_OPTION, msg, cltrid));
         }
         let ip = self.peer.ip;
-        match ctx.login_limiter.admit(ip, &login.clid, Instant::now()) {
+        match ctx
+            .shared
+            .login_limiter
+            .admit(ip, &login.clid, Instant::now())
+        {
             Admission::Now => {}
             Admission::At(turn) => {
                 debug!(%clid, "many failed logins from this host for this clID: waiting for a turn");
@@ -433,14 +461,17 @@ where
         if let Some(account) = ctx.authenticate(&login.clid, &login.pw, self.peer.cert.as_deref()) {
             info!(%clid, account = %account.config.clid, "client logged in");
             self.state = State::LoggedIn { account };
-            ctx.leave_pre_login(self.peer.conn);
-            self.framed.codec_mut().set_max_frame(ctx.limits.max_frame);
+            ctx.shared.leave_pre_login(self.peer.conn);
+            self.framed
+                .codec_mut()
+                .set_max_frame(ctx.shared.limits.max_frame);
             let msg = "Command completed successfully";
-            return Answer::Reply(ctx.answer(code::COMPLETED, msg, cltrid));
+            return Answer::Reply(ctx.shared.answer(code::COMPLETED, msg, cltrid));
         }
-        let pause = ctx
-            .login_limiter
-            .failed(ip, &login.clid, login.pw.expose(), Instant::now());
+        let pause =
+            ctx.shared
+                .login_limiter
+                .failed(ip, &login.clid, login.pw.expose(), Instant::now());
         if !pause.is_zero() && !self.wait_until(Instant::now() + pause).await {
             return Answer::Close;
         }
@@ -448,24 +479,31 @@ where
             return Answer::Close;
         };
         *failures += 1;
-        if *failures >= ctx.limits.max_login_failures {
+        if *failures >= ctx.shared.limits.max_login_failures {
             warn!(%clid, failures = *failures, "closing: too many failed logins on this connection");
             return self.auth_closing(cltrid);
         }
         warn!(%clid, failures = *failures, "client login refused: wrong clID or password");
-        Answer::Reply(ctx.answer(code::AUTHENTICATION_ERROR, "Authentication error", cltrid))
+        Answer::Reply(
+            ctx.shared
+                .answer(code::AUTHENTICATION_ERROR, "Authentication error", cltrid),
+        )
     }
 
     fn auth_closing(&self, cltrid: Option<&str>) -> Answer {
         let msg = "Authentication error; server closing connection";
-        Answer::Last(self.ctx.answer(code::AUTHENTICATION_CLOSING, msg, cltrid))
+        Answer::Last(
+            self.ctx
+                .shared
+                .answer(code::AUTHENTICATION_CLOSING, msg, cltrid),
+        )
     }
 
     /// Waits until `at`; false when eppmux shuts down (or the connection is evicted) meanwhile.
     async fn wait_until(&self, at: Instant) -> bool {
         tokio::select! {
             _ = sleep_until(at) => true,
-            _ = self.ctx.shutdown.cancelled() => false,
+            _ = self.ctx.shared.shutdown.cancelled() => false,
             _ = self.evict.cancelled() => false,
         }
     }
@@ -501,17 +539,20 @@ async fn forward(frame: &Bytes, cmd: &Command, account: &Account, ctx: &ClientCo
         Err(e) => return refused(&e, name, cltrid, ctx),
     };
     let elapsed = started.elapsed();
-    ctx.metrics
+    ctx.shared
+        .metrics
         .commands
         .get_or_create(&CommandLabel {
+            registry: ctx.registry.clone(),
             account: clid.clone(),
             command: name,
             code: reply.code,
         })
         .inc();
-    ctx.metrics
+    ctx.shared
+        .metrics
         .command_duration
-        .get_or_create(&crate::metrics::account(clid))
+        .get_or_create(&crate::metrics::account(&ctx.registry, clid))
         .observe(elapsed.as_secs_f64());
     info!(
         command = name,
@@ -542,7 +583,7 @@ fn refused(e: &PoolError, name: &str, cltrid: Option<&str>, ctx: &ClientContext)
         PoolError::Lost(e) => format!("Command failed: {e}"),
     };
     warn!(command = name, cltrid = %shown(cltrid.unwrap_or("")), reason = %e, "answering 2400; command not executed");
-    let reply = ctx.answer(code::COMMAND_FAILED, &msg, cltrid);
+    let reply = ctx.shared.answer(code::COMMAND_FAILED, &msg, cltrid);
     if matches!(e, PoolError::ShuttingDown) {
         Answer::Last(reply)
     } else {

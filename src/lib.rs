@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod cli;
 pub mod client_session;
 pub mod config;
 pub mod epp;

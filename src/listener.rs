@@ -65,24 +65,28 @@ pub async fn serve(
             }
         };
         let source = Source::of(peer.ip());
-        if !ctx.enter_source(source) {
+        if !ctx.shared.enter_source(source) {
             refused(&ctx, kind, "per_source");
-            warn!(listener = kind, %peer, max = ctx.limits.max_clients_per_source, "refusing connection: too many from this host");
+            warn!(listener = kind, %peer, max = ctx.shared.limits.max_clients_per_source, "refusing connection: too many from this host");
             continue;
         }
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => Some(slot),
-            Err(_) if ctx.evict_oldest_pre_login() => None,
+            Err(_) if ctx.shared.evict_oldest_pre_login() => None,
             Err(_) => {
-                ctx.leave_source(source);
+                ctx.shared.leave_source(source);
                 refused(&ctx, kind, "max_clients");
-                warn!(listener = kind, %peer, max_clients = ctx.limits.max_clients, "refusing connection: too many clients connected, all logged in");
+                warn!(listener = kind, %peer, max_clients = ctx.shared.limits.max_clients, "refusing connection: too many clients connected, all logged in");
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
         let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-        let span = info_span!("client", conn = id, listener = kind, %peer);
+        let span = if ctx.registry.is_empty() {
+            info_span!("client", conn = id, listener = kind, %peer)
+        } else {
+            info_span!("client", registry = %ctx.registry, conn = id, listener = kind, %peer)
+        };
         let ctx = ctx.clone();
         let tls = tls.clone();
         let slots = slots.clone();
@@ -98,16 +102,24 @@ pub async fn serve(
                 };
                 if let Some(slot) = slot {
                     let label = ListenerLabel { listener: kind };
-                    ctx.metrics.clients_total.get_or_create(&label).inc();
-                    ctx.metrics.clients_current.get_or_create(&label).inc();
+                    ctx.shared.metrics.clients_total.get_or_create(&label).inc();
+                    ctx.shared
+                        .metrics
+                        .clients_current
+                        .get_or_create(&label)
+                        .inc();
                     handle(stream, id, peer, tls, &ctx).await;
-                    ctx.metrics.clients_current.get_or_create(&label).dec();
+                    ctx.shared
+                        .metrics
+                        .clients_current
+                        .get_or_create(&label)
+                        .dec();
                     drop(slot);
                 } else {
                     refused(&ctx, kind, "max_clients");
                     warn!("refusing connection: no client slot freed up");
                 }
-                ctx.leave_source(source);
+                ctx.shared.leave_source(source);
             }
             .instrument(span),
         );
@@ -123,7 +135,7 @@ async fn handle(
     ctx: &ClientContext,
 ) {
     debug!("accepted");
-    let evict = ctx.enter_pre_login(conn);
+    let evict = ctx.shared.enter_pre_login(conn);
     let mut who = Peer {
         conn,
         ip: peer.ip(),
@@ -136,24 +148,24 @@ async fn handle(
     // neither eppmux's exit nor a client slot.
     let handshake = tokio::select! {
         h = timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)) => h,
-        _ = ctx.shutdown.cancelled() => {
-            ctx.leave_pre_login(conn);
+        _ = ctx.shared.shutdown.cancelled() => {
+            ctx.shared.leave_pre_login(conn);
             return debug!("closing: eppmux is shutting down during the client's TLS handshake");
         }
         _ = evict.cancelled() => {
-            ctx.leave_pre_login(conn);
+            ctx.shared.leave_pre_login(conn);
             return warn!("closing: evicted during its TLS handshake to admit a new connection");
         }
     };
     let mut tls_stream = match handshake {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            ctx.leave_pre_login(conn);
+            ctx.shared.leave_pre_login(conn);
             refused(ctx, "tls", "tls_handshake");
             return warn!(error = %e, "TLS handshake with client failed");
         }
         Err(_) => {
-            ctx.leave_pre_login(conn);
+            ctx.shared.leave_pre_login(conn);
             refused(ctx, "tls", "tls_handshake");
             return warn!("TLS handshake with client timed out");
         }
@@ -168,7 +180,7 @@ async fn handle(
         match &who.cert {
             Some(fp) if tls.client_allow.contains(fp) => debug!(%fp, "client certificate allowed"),
             other => {
-                ctx.leave_pre_login(conn);
+                ctx.shared.leave_pre_login(conn);
                 refused(ctx, "tls", "not_allowed");
                 warn!(
                     fingerprint = other.as_deref().unwrap_or("none"),
@@ -185,7 +197,8 @@ async fn handle(
 }
 
 fn refused(ctx: &ClientContext, listener: &'static str, reason: &'static str) {
-    ctx.metrics
+    ctx.shared
+        .metrics
         .connections_refused
         .get_or_create(&RefusedLabel { listener, reason })
         .inc();

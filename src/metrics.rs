@@ -12,23 +12,28 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AccountLabel {
+    /// The registry's name; empty for the single registry of the flat form.
+    pub registry: String,
     pub account: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SessionStateLabel {
+    pub registry: String,
     pub account: String,
     pub state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
+    pub registry: String,
     pub account: String,
     pub result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CommandLabel {
+    pub registry: String,
     pub account: String,
     /// From `Command::metric_name`'s fixed set, never a client's string.
     pub command: &'static str,
@@ -53,6 +58,7 @@ pub struct RefusedLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertificateLabel {
+    pub registry: String,
     /// `upstream_client`, `upstream_ca`, `listener` or `listener_client_ca`.
     pub certificate: &'static str,
 }
@@ -65,6 +71,7 @@ pub struct OutcomeLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabel {
+    pub registry: String,
     pub account: String,
     /// `not_logged_in`, `lost_query` or `handoff`.
     pub kind: &'static str,
@@ -250,8 +257,9 @@ impl Metrics {
 }
 
 /// Shorthand for the label most metrics carry.
-pub fn account(clid: &str) -> AccountLabel {
+pub fn account(registry: &str, clid: &str) -> AccountLabel {
     AccountLabel {
+        registry: registry.to_string(),
         account: clid.to_string(),
     }
 }

@@ -63,6 +63,8 @@ pub struct MockConfig {
     pub strict_cltrid: bool,
     /// Time the registry takes to check a login (passwords, audit rows), before answering it.
     pub login_latency: Duration,
+    /// The svID of its greeting (tests tell registries apart by it).
+    pub sv_id: String,
 }
 
 impl Default for MockConfig {
@@ -79,6 +81,7 @@ impl Default for MockConfig {
             forgotten_message: NOT_LOGGED_IN.to_string(),
             strict_cltrid: false,
             login_latency: Duration::ZERO,
+            sv_id: "eppmux mock registry".to_string(),
         }
     }
 }
@@ -115,8 +118,8 @@ pub enum Fault {
     UseError,
     /// Stop reading from the connection and answer nothing more; close after the idle timeout.
     StopReading,
-    /// Answer 1500 (session ended) without processing, then close: a registry that read the
-    /// command as a `<logout>`.
+    /// Answer 1500 (session ended) without processing, and forget the session without closing
+    /// the connection: a registry that read the command as a `<logout>` (and is slow to close).
     EndSession,
 }
 
@@ -598,7 +601,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         let _ = out.send((made.max(Instant::now()) + half_rtt, item));
     };
 
-    send(made, Out::Frame(greeting()));
+    send(made, Out::Frame(greeting(&shared.cfg.sv_id)));
     let mut session = Session {
         id,
         clid: None,
@@ -685,7 +688,12 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 let cltrid = command_cltrid(&sniffed);
                 let answer = epp::response(code, msg, cltrid.as_deref(), &shared.svtrid());
                 send(made, Out::Frame(answer));
-                break;
+                if fault == Some(Fault::Close2500) {
+                    break;
+                }
+                session.forgotten = true;
+                unanswered.fetch_sub(1, Ordering::Relaxed);
+                continue;
             }
             _ => {}
         }
@@ -774,7 +782,7 @@ async fn answer(
     let cmd = match sniffed {
         Ok(Message::Hello) => {
             shared.bump(&shared.stats.hellos);
-            return (greeting(), After::Continue);
+            return (greeting(&shared.cfg.sv_id), After::Continue);
         }
         Ok(Message::Command(c)) => c,
         Ok(_) => return (reply(2001, "Command syntax error", None), After::Continue),
@@ -987,16 +995,17 @@ fn esc(s: &str) -> std::borrow::Cow<'_, str> {
     quick_xml::escape::escape(s)
 }
 
-pub fn greeting() -> Bytes {
+pub fn greeting(sv_id: &str) -> Bytes {
     Bytes::from(format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"no\"?><epp xmlns=\"{EPP_NS}\"><greeting>\
-         <svID>eppmux mock registry</svID><svDate>{}</svDate><svcMenu><version>1.0</version><lang>en</lang>\
+         <svID>{}</svID><svDate>{}</svDate><svcMenu><version>1.0</version><lang>en</lang>\
          <objURI>{DOMAIN_NS}</objURI><objURI>urn:ietf:params:xml:ns:contact-1.0</objURI>\
          <objURI>urn:ietf:params:xml:ns:host-1.0</objURI><svcExtension>\
          <extURI>urn:ietf:params:xml:ns:secDNS-1.1</extURI></svcExtension></svcMenu>\
          <dcp><access><all/></access><statement><purpose><admin/><prov/></purpose>\
          <recipient><ours/><public/></recipient><retention><stated/></retention></statement></dcp>\
          </greeting></epp>",
+        esc(sv_id),
         humantime::format_rfc3339_millis(std::time::SystemTime::now())
     ))
 }

@@ -177,15 +177,15 @@ async fn soak(depth: usize, default_clients: u64, default_commands: u64) {
     };
     let (pool_min, pool_max) = (3, 5);
     let h = Harness::start(mock_cfg, |cfg| {
-        cfg.accounts[0].pool_min = pool_min;
-        cfg.accounts[0].pool_max = pool_max;
-        cfg.accounts[0].lifecycle.keepalive = Some(Duration::from_millis(200));
-        cfg.accounts[0].lifecycle.pipeline_depth = depth;
-        cfg.accounts[0].max_logins_per_minute = Some(LOGINS_PER_MINUTE);
-        cfg.upstream.response_timeout = Duration::from_millis(500);
-        cfg.upstream.step_timeout = Duration::from_secs(2);
-        cfg.queue_wait = Duration::from_secs(3);
-        cfg.session_limit_hold = Duration::from_millis(300);
+        cfg.registries[0].accounts[0].pool_min = pool_min;
+        cfg.registries[0].accounts[0].pool_max = pool_max;
+        cfg.registries[0].accounts[0].lifecycle.keepalive = Some(Duration::from_millis(200));
+        cfg.registries[0].accounts[0].lifecycle.pipeline_depth = depth;
+        cfg.registries[0].accounts[0].max_logins_per_minute = Some(LOGINS_PER_MINUTE);
+        cfg.registries[0].upstream.response_timeout = Duration::from_millis(500);
+        cfg.registries[0].upstream.step_timeout = Duration::from_secs(2);
+        cfg.registries[0].queue_wait = Duration::from_secs(3);
+        cfg.registries[0].session_limit_hold = Duration::from_millis(300);
     })
     .await;
     let started = Instant::now();

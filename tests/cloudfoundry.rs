@@ -360,10 +360,10 @@ async fn the_sidecar_script_hands_base64_registry_variables_to_eppmux_check_and_
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{shown}");
     for expected in [
-        format!("addr = \"localhost:{port}\""),
-        "cert = \"<from EPPMUX_UPSTREAM_CERT_PEM>\"".into(),
-        "key = \"<from EPPMUX_UPSTREAM_KEY_PEM> (passphrase <redacted>)\"".into(),
-        "key = \"<from EPPMUX_TLS_KEY_PEM>\"".into(),
+        format!("upstream = \"localhost:{port}\""),
+        "# upstream_cert = <from EPPMUX_UPSTREAM_CERT_PEM>".into(),
+        "# upstream_key = <from EPPMUX_UPSTREAM_KEY_PEM> (passphrase <redacted>)".into(),
+        "# tls_key = <from EPPMUX_TLS_KEY_PEM>".into(),
         "pool_max = 4".into(),
     ] {
         assert!(shown.contains(&expected), "{expected} not in:\n{shown}");

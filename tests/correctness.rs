@@ -25,8 +25,8 @@ async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
 }
 
 fn one_session(cfg: &mut eppmux::config::Config) {
-    cfg.accounts[0].pool_min = 1;
-    cfg.accounts[0].pool_max = 1;
+    cfg.registries[0].accounts[0].pool_min = 1;
+    cfg.registries[0].accounts[0].pool_max = 1;
 }
 
 fn no_cltrid(verb: &str, name: &str) -> String {
@@ -122,7 +122,7 @@ async fn pipelined_commands_around_an_unreadable_one_each_get_their_own_answer()
     };
     let h = Harness::start(mock_cfg, |cfg| {
         one_session(cfg);
-        cfg.accounts[0].lifecycle.pipeline_depth = 3;
+        cfg.registries[0].accounts[0].lifecycle.pipeline_depth = 3;
     })
     .await;
     let mut a = h.logged_in().await;
@@ -155,8 +155,8 @@ async fn a_shrink_while_sessions_are_opening_ends_at_the_new_maximum() {
         ..MockConfig::default()
     };
     let h = Harness::start(mock_cfg, |cfg| {
-        cfg.accounts[0].pool_min = 4;
-        cfg.accounts[0].pool_max = 4;
+        cfg.registries[0].accounts[0].pool_min = 4;
+        cfg.registries[0].accounts[0].pool_max = 4;
     })
     .await;
     // All four logins have reached the registry and wait for its answer.
@@ -191,9 +191,9 @@ async fn a_shrink_while_sessions_are_opening_ends_at_the_new_maximum() {
 async fn an_idle_session_is_preferred_to_a_busy_sessions_free_slot() {
     // Defect 4: with four live sessions and depth 4, four commands went to one session.
     let h = Harness::start(MockConfig::default(), |cfg| {
-        cfg.accounts[0].pool_min = 4;
-        cfg.accounts[0].pool_max = 4;
-        cfg.accounts[0].lifecycle.pipeline_depth = 4;
+        cfg.registries[0].accounts[0].pool_min = 4;
+        cfg.registries[0].accounts[0].pool_max = 4;
+        cfg.registries[0].accounts[0].lifecycle.pipeline_depth = 4;
     })
     .await;
     h.proxy.pools[0].wait_for(|s| s.live == 4).await;
@@ -233,8 +233,8 @@ async fn max_session_commands_counts_commands_written_not_answered() {
     // Defect 5: limit 2 with depth 4 let four commands run on one session.
     let h = Harness::start(MockConfig::default(), |cfg| {
         one_session(cfg);
-        cfg.accounts[0].lifecycle.pipeline_depth = 4;
-        cfg.accounts[0].lifecycle.max_commands = Some(2);
+        cfg.registries[0].accounts[0].lifecycle.pipeline_depth = 4;
+        cfg.registries[0].accounts[0].lifecycle.max_commands = Some(2);
     })
     .await;
     let mut clients = Vec::new();
@@ -269,7 +269,7 @@ async fn commands_pipelined_behind_a_not_logged_in_answer_are_resent_not_lost() 
     // Defect 6: three creates behind a 2002 were reported lost although none ran.
     let h = Harness::start(MockConfig::default(), |cfg| {
         one_session(cfg);
-        cfg.accounts[0].lifecycle.pipeline_depth = 4;
+        cfg.registries[0].accounts[0].lifecycle.pipeline_depth = 4;
     })
     .await;
     let mut a = h.logged_in().await;
@@ -317,7 +317,7 @@ async fn a_registry_that_stops_reading_cannot_hold_a_command_beyond_the_response
     let h = Harness::start(mock_cfg, |cfg| {
         one_session(cfg);
         cfg.limits.max_frame = BIG;
-        cfg.upstream.response_timeout = Duration::from_millis(800);
+        cfg.registries[0].upstream.response_timeout = Duration::from_millis(800);
     })
     .await;
     let mut c = h.logged_in().await.with_max_frame(BIG);
@@ -378,9 +378,9 @@ async fn a_response_timeout_does_not_halve_the_pool() {
         ..MockConfig::default()
     };
     let h = Harness::start(mock_cfg, |cfg| {
-        cfg.accounts[0].pool_min = 2;
-        cfg.accounts[0].pool_max = 2;
-        cfg.upstream.response_timeout = Duration::from_millis(300);
+        cfg.registries[0].accounts[0].pool_min = 2;
+        cfg.registries[0].accounts[0].pool_max = 2;
+        cfg.registries[0].upstream.response_timeout = Duration::from_millis(300);
     })
     .await;
     let pool = &h.proxy.pools[0];
@@ -412,10 +412,10 @@ async fn a_retiring_session_is_never_given_a_command() {
     // Defect 11: the free pipeline slot of a retiring session took a command while another
     // session could serve it, and the command waited behind the retiring one.
     let h = Harness::start(MockConfig::default(), |cfg| {
-        cfg.accounts[0].pool_min = 1;
-        cfg.accounts[0].pool_max = 2;
-        cfg.accounts[0].lifecycle.pipeline_depth = 2;
-        cfg.accounts[0].lifecycle.max_commands = Some(1);
+        cfg.registries[0].accounts[0].pool_min = 1;
+        cfg.registries[0].accounts[0].pool_max = 2;
+        cfg.registries[0].accounts[0].lifecycle.pipeline_depth = 2;
+        cfg.registries[0].accounts[0].lifecycle.max_commands = Some(1);
     })
     .await;
     let mut a = h.logged_in().await;
@@ -525,10 +525,10 @@ async fn a_2002_in_an_unknown_wording_after_idleness_is_resent_on_a_fresh_sessio
         ..MockConfig::default()
     };
     let h = Harness::start(mock_cfg, |cfg| {
-        cfg.accounts[0].pool_min = 1;
-        cfg.accounts[0].pool_max = 2;
-        cfg.accounts[0].lifecycle.keepalive = None;
-        cfg.accounts[0].lifecycle.suspect_2002_after = Duration::from_millis(100);
+        cfg.registries[0].accounts[0].pool_min = 1;
+        cfg.registries[0].accounts[0].pool_max = 2;
+        cfg.registries[0].accounts[0].lifecycle.keepalive = None;
+        cfg.registries[0].accounts[0].lifecycle.suspect_2002_after = Duration::from_millis(100);
     })
     .await;
     let mut c = h.logged_in().await;
@@ -570,10 +570,10 @@ async fn a_2002_on_a_busy_session_is_relayed_as_it_is() {
 async fn a_registry_that_drops_every_session_cannot_make_eppmux_exceed_the_login_budget() {
     const PER_MINUTE: u32 = 30;
     let h = Harness::start(MockConfig::default(), |cfg| {
-        cfg.accounts[0].pool_min = 2;
-        cfg.accounts[0].pool_max = 2;
-        cfg.accounts[0].max_logins_per_minute = Some(PER_MINUTE);
-        cfg.queue_wait = Duration::from_millis(300);
+        cfg.registries[0].accounts[0].pool_min = 2;
+        cfg.registries[0].accounts[0].pool_max = 2;
+        cfg.registries[0].accounts[0].max_logins_per_minute = Some(PER_MINUTE);
+        cfg.registries[0].queue_wait = Duration::from_millis(300);
     })
     .await;
     let started = tokio::time::Instant::now();
@@ -623,7 +623,7 @@ async fn a_registry_that_drops_every_session_cannot_make_eppmux_exceed_the_login
         .await
         .unwrap();
     assert!(
-        metrics.contains("eppmux_login_budget_waits_total{account=\"registrar1\"}"),
+        metrics.contains("eppmux_login_budget_waits_total{registry=\"\",account=\"registrar1\"}"),
         "{metrics}"
     );
     let stats = pool.stats();
@@ -637,10 +637,10 @@ async fn a_registry_that_drops_every_session_cannot_make_eppmux_exceed_the_login
 #[tokio::test]
 async fn commands_beyond_the_rate_limit_wait_in_the_queue_instead_of_being_refused() {
     let h = Harness::start(MockConfig::default(), |cfg| {
-        cfg.accounts[0].pool_min = 2;
-        cfg.accounts[0].pool_max = 2;
-        cfg.accounts[0].max_commands_per_second = Some(10.0);
-        cfg.queue_wait = Duration::from_secs(10);
+        cfg.registries[0].accounts[0].pool_min = 2;
+        cfg.registries[0].accounts[0].pool_max = 2;
+        cfg.registries[0].accounts[0].max_commands_per_second = Some(10.0);
+        cfg.registries[0].queue_wait = Duration::from_secs(10);
     })
     .await;
     h.proxy.pools[0].wait_for(|s| s.live == 2).await;

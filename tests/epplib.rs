@@ -137,7 +137,10 @@ async fn the_documented_snippet_runs_verbatim_with_real_epplib_through_the_trust
     if let Err(why) = python_modules(&["epplib"]) {
         return skip(TEST, &why);
     }
-    let h = Harness::start(MockConfig::default(), |cfg| cfg.accounts[0].pool_max = 1).await;
+    let h = Harness::start(MockConfig::default(), |cfg| {
+        cfg.registries[0].accounts[0].pool_max = 1
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let bundle = write_bundle(dir.path());
     let out = python(Some(&bundle))
@@ -221,8 +224,8 @@ async fn getgov_shaped_workers_share_a_few_registry_sessions_and_every_answer_is
         return skip(TEST, &why);
     }
     let h = Harness::start(MockConfig::default(), |cfg| {
-        cfg.accounts[0].pool_min = 1;
-        cfg.accounts[0].pool_max = 3;
+        cfg.registries[0].accounts[0].pool_min = 1;
+        cfg.registries[0].accounts[0].pool_max = 3;
     })
     .await;
     // gunicorn's 3 gevent workers, each with getgov's pool of 5 shared by 10 greenlets; no
@@ -265,8 +268,8 @@ async fn recycled_workers_cost_no_registry_login() {
         return skip(TEST, &why);
     }
     let h = Harness::start(MockConfig::default(), |cfg| {
-        cfg.accounts[0].pool_min = 2;
-        cfg.accounts[0].pool_max = 2;
+        cfg.registries[0].accounts[0].pool_min = 2;
+        cfg.registries[0].accounts[0].pool_max = 2;
     })
     .await;
     h.mock

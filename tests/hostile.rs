@@ -185,7 +185,10 @@ async fn pipelined_frames_are_read_one_at_a_time_and_answered_in_order() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_util::codec::{FramedRead, FramedWrite};
 
-    let h = Harness::start(MockConfig::default(), |cfg| cfg.accounts[0].pool_max = 2).await;
+    let h = Harness::start(MockConfig::default(), |cfg| {
+        cfg.registries[0].accounts[0].pool_max = 2
+    })
+    .await;
     let mut bystander = h.logged_in().await;
     let tcp = tokio::net::TcpStream::connect(h.proxy.plain_addr.unwrap())
         .await
@@ -307,8 +310,8 @@ async fn a_guesser_is_slowed_and_every_loopback_address_counts_as_one_host() {
 #[tokio::test]
 async fn hostile_registry_responses_retire_the_session_only() {
     let h = Harness::start(MockConfig::default(), |cfg| {
-        cfg.accounts[0].pool_min = 2;
-        cfg.accounts[0].pool_max = 2;
+        cfg.registries[0].accounts[0].pool_min = 2;
+        cfg.registries[0].accounts[0].pool_max = 2;
         cfg.limits.max_frame = 64 * 1024;
     })
     .await;
@@ -365,7 +368,7 @@ async fn local_client_certificates_can_be_pinned_by_fingerprint() {
         (eppmux::access::fingerprint(&server_der), false),
     ] {
         let h = Harness::start(MockConfig::default(), |cfg| {
-            let tls = cfg.tls.as_mut().unwrap();
+            let tls = cfg.registries[0].tls.as_mut().unwrap();
             tls.client_ca = Some(cert("ca.pem"));
             tls.client_allow = vec![allowed.clone()];
         })
@@ -433,9 +436,9 @@ async fn an_unreadable_command_between_pipelined_creates_costs_no_other_client_i
         ..MockConfig::default()
     };
     let h = Harness::start(mock_cfg, |cfg| {
-        cfg.accounts[0].pool_min = 1;
-        cfg.accounts[0].pool_max = 1;
-        cfg.accounts[0].lifecycle.pipeline_depth = 3;
+        cfg.registries[0].accounts[0].pool_min = 1;
+        cfg.registries[0].accounts[0].pool_max = 1;
+        cfg.registries[0].accounts[0].lifecycle.pipeline_depth = 3;
     })
     .await;
     let mut a = h.logged_in().await;
@@ -472,8 +475,8 @@ async fn an_unreadable_command_between_pipelined_creates_costs_no_other_client_i
 #[tokio::test]
 async fn a_1500_from_the_registry_is_relayed_and_retires_its_session() {
     let h = Harness::start(MockConfig::default(), |cfg| {
-        cfg.accounts[0].pool_min = 1;
-        cfg.accounts[0].pool_max = 1;
+        cfg.registries[0].accounts[0].pool_min = 1;
+        cfg.registries[0].accounts[0].pool_max = 1;
     })
     .await;
     let mut c = h.logged_in().await;
@@ -505,19 +508,26 @@ async fn local_credentials_keep_the_registry_password_away_from_applications() {
         .unwrap()
         .remove(0);
     let h = Harness::start(MockConfig::default(), |cfg| {
-        cfg.tls.as_mut().unwrap().client_ca = Some(cert("ca.pem"));
-        let local = &mut cfg.accounts[0].local;
+        cfg.registries[0].tls.as_mut().unwrap().client_ca = Some(cert("ca.pem"));
+        let local = &mut cfg.registries[0].accounts[0].local;
         local.clid = Some("app1".into());
         local.password = Some(eppmux::secret::Secret::new("app-local-pw"));
         local.client_certs = vec![eppmux::access::fingerprint(&client_der)];
     })
     .await;
     let tls = h.proxy.tls_addr.unwrap();
-    // The registry's own credentials no longer log in locally.
+    // The registry's own credentials no longer log in locally, nor its password with the
+    // local clID.
     let mut c = h.plain_client().await;
     c.greeting().await;
     assert_eq!(c.command(&login_xml(CLID, PASSWORD, "R")).await.code, 2200);
+    assert_eq!(
+        c.command(&login_xml("app1", PASSWORD, "R2")).await.code,
+        2200
+    );
     // The local ones do, and commands go to the registry under the registry's clID.
+    let mut c = h.plain_client().await;
+    c.greeting().await;
     let r = c.command(&login_xml("app1", "app-local-pw", "L")).await;
     assert_eq!(r.code, 1000);
     assert_eq!(

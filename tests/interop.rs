@@ -48,7 +48,10 @@ async fn perl_net_epp_simple_over_tls_and_plain_tcp() {
         &["-MNet::EPP::Simple", "-e1"],
         "perl module Net::EPP::Simple (Debian libnet-epp-perl)",
     );
-    let h = Harness::start(MockConfig::default(), |cfg| cfg.accounts[0].pool_max = 1).await;
+    let h = Harness::start(MockConfig::default(), |cfg| {
+        cfg.registries[0].accounts[0].pool_max = 1
+    })
+    .await;
     let tls_port = h.proxy.tls_addr.unwrap().port();
     let plain_port = h.proxy.plain_addr.unwrap().port();
     for (host, port, mode, domain) in [
@@ -101,7 +104,10 @@ async fn perl_net_epp_simple_over_tls_and_plain_tcp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn epplib_style_transport_over_tls() {
-    let h = Harness::start(MockConfig::default(), |cfg| cfg.accounts[0].pool_max = 1).await;
+    let h = Harness::start(MockConfig::default(), |cfg| {
+        cfg.registries[0].accounts[0].pool_max = 1
+    })
+    .await;
     let port = h.proxy.tls_addr.unwrap().port();
     let mut cmd = Command::new("python3");
     cmd.arg(format!("{ROOT}/tests/interop/epplib_transport.py"))
@@ -122,7 +128,10 @@ async fn python_epptools_over_tls() {
         &["-c", "import epptools"],
         "the Python package epptools",
     );
-    let h = Harness::start(MockConfig::default(), |cfg| cfg.accounts[0].pool_max = 1).await;
+    let h = Harness::start(MockConfig::default(), |cfg| {
+        cfg.registries[0].accounts[0].pool_max = 1
+    })
+    .await;
     let port = h.proxy.tls_addr.unwrap().port();
     let mut cmd = Command::new("python3");
     cmd.arg(format!("{ROOT}/tests/interop/epptools_client.py"))

@@ -52,12 +52,12 @@ async fn log_lines_stay_flat_over_many_session_rotations() {
 
     const ROTATIONS: usize = 200;
     let h = Harness::start(MockConfig::default(), |cfg| {
-        cfg.accounts[0].pool_min = 1;
-        cfg.accounts[0].pool_max = 1;
-        cfg.accounts[0].lifecycle.max_commands = Some(1);
+        cfg.registries[0].accounts[0].pool_min = 1;
+        cfg.registries[0].accounts[0].pool_max = 1;
+        cfg.registries[0].accounts[0].lifecycle.max_commands = Some(1);
         // Replacements open straight from the retiring session's own events (as they do
         // whenever the budget has room), not later from the pool's timer.
-        cfg.accounts[0].max_logins_per_minute = Some(1_000_000);
+        cfg.registries[0].accounts[0].max_logins_per_minute = Some(1_000_000);
     })
     .await;
     let mut c = h.logged_in().await;

@@ -48,10 +48,10 @@ fn sample_value(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_moves_during_a_workload() {
     let h = Harness::start(MockConfig::default(), |cfg| {
-        cfg.accounts[0].pool_min = 1;
-        cfg.accounts[0].pool_max = 1;
-        cfg.accounts[0].lifecycle.keepalive = Some(Duration::from_millis(50));
-        cfg.queue_max = 1;
+        cfg.registries[0].accounts[0].pool_min = 1;
+        cfg.registries[0].accounts[0].pool_max = 1;
+        cfg.registries[0].accounts[0].lifecycle.keepalive = Some(Duration::from_millis(50));
+        cfg.registries[0].queue_max = 1;
         cfg.limits.max_clients = 7;
     })
     .await;

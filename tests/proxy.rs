@@ -173,7 +173,10 @@ async fn frames_are_forwarded_byte_for_byte() {
 
 #[tokio::test]
 async fn pipelined_commands_are_answered_in_order() {
-    let h = Harness::start(MockConfig::default(), |cfg| cfg.accounts[0].pool_max = 3).await;
+    let h = Harness::start(MockConfig::default(), |cfg| {
+        cfg.registries[0].accounts[0].pool_max = 3
+    })
+    .await;
     let mut c = h.logged_in().await;
     // All frames in one write: the proxy must still answer each, in order.
     let mut wire = Vec::new();
@@ -197,8 +200,8 @@ async fn many_clients_share_few_sessions_and_each_gets_its_own_answers() {
     const CLIENTS: usize = 40;
     const COMMANDS: usize = 10;
     let h = Harness::start(MockConfig::default(), |cfg| {
-        cfg.accounts[0].pool_min = 1;
-        cfg.accounts[0].pool_max = 3;
+        cfg.registries[0].accounts[0].pool_min = 1;
+        cfg.registries[0].accounts[0].pool_max = 3;
     })
     .await;
     let addr = h.proxy.tls_addr.unwrap();
@@ -248,9 +251,9 @@ async fn many_clients_share_few_sessions_and_each_gets_its_own_answers() {
 #[tokio::test]
 async fn pool_grows_to_max_then_answers_2400_without_sending() {
     let h = Harness::start(MockConfig::default(), |cfg| {
-        cfg.accounts[0].pool_min = 1;
-        cfg.accounts[0].pool_max = 2;
-        cfg.queue_wait = Duration::from_millis(200);
+        cfg.registries[0].accounts[0].pool_min = 1;
+        cfg.registries[0].accounts[0].pool_max = 2;
+        cfg.registries[0].queue_wait = Duration::from_millis(200);
     })
     .await;
     let mut a = h.logged_in().await;
@@ -299,8 +302,8 @@ async fn pool_grows_to_max_then_answers_2400_without_sending() {
 #[tokio::test]
 async fn a_response_with_the_wrong_cltrid_retires_the_session() {
     let h = Harness::start(MockConfig::default(), |cfg| {
-        cfg.accounts[0].pool_min = 1;
-        cfg.accounts[0].pool_max = 1;
+        cfg.registries[0].accounts[0].pool_min = 1;
+        cfg.registries[0].accounts[0].pool_max = 1;
     })
     .await;
     let mut bad = h.logged_in().await;
@@ -332,7 +335,7 @@ async fn no_greeting_means_a_clean_close_after_the_wait() {
     // A "registry" that accepts TCP but never completes TLS: no greeting can ever arrive.
     let silent = TcpListener::bind(loopback()).await.unwrap();
     let mut cfg = proxy_config(silent.local_addr().unwrap());
-    cfg.greeting_wait = Duration::from_millis(100);
+    cfg.registries[0].greeting_wait = Duration::from_millis(100);
     let proxy = Proxy::start(&cfg, CancellationToken::new()).await.unwrap();
     let mut c = Client::plain(proxy.plain_addr.unwrap()).await;
     c.expect_closed().await;
@@ -385,7 +388,7 @@ async fn upstream_requires_mutual_tls() {
 #[tokio::test]
 async fn local_mutual_tls_when_a_client_ca_is_set() {
     let h = Harness::start(MockConfig::default(), |cfg| {
-        cfg.tls.as_mut().unwrap().client_ca = Some(cert("ca.pem"));
+        cfg.registries[0].tls.as_mut().unwrap().client_ca = Some(cert("ca.pem"));
     })
     .await;
     let addr = h.proxy.tls_addr.unwrap();
@@ -491,7 +494,10 @@ async fn framing_edge_cases_through_the_proxy() {
 
 #[tokio::test]
 async fn shutdown_logs_out_upstream_sessions() {
-    let h = Harness::start(MockConfig::default(), |cfg| cfg.accounts[0].pool_min = 2).await;
+    let h = Harness::start(MockConfig::default(), |cfg| {
+        cfg.registries[0].accounts[0].pool_min = 2
+    })
+    .await;
     let mut c = h.logged_in().await;
     assert_eq!(
         c.command(&domain_cmd("check", "a.gov", "A")).await.code,

@@ -16,8 +16,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 fn one_session(cfg: &mut eppmux::config::Config) {
-    cfg.accounts[0].pool_min = 1;
-    cfg.accounts[0].pool_max = 1;
+    cfg.registries[0].accounts[0].pool_min = 1;
+    cfg.registries[0].accounts[0].pool_max = 1;
 }
 
 fn creates_of(mock: &MockRegistry, name: &str) -> usize {
@@ -35,7 +35,7 @@ async fn keepalive_hellos_keep_an_idle_session_from_timing_out() {
     };
     let h = Harness::start(mock_cfg, |cfg| {
         one_session(cfg);
-        cfg.accounts[0].lifecycle.keepalive = Some(Duration::from_millis(100));
+        cfg.registries[0].accounts[0].lifecycle.keepalive = Some(Duration::from_millis(100));
     })
     .await;
     // Twelve hellos at 100 ms span longer than the registry's 1 s idle timeout.
@@ -71,7 +71,7 @@ async fn a_session_the_registry_closes_while_idle_is_replaced() {
     };
     let h = Harness::start(mock_cfg, |cfg| {
         one_session(cfg);
-        cfg.accounts[0].lifecycle.keepalive = None;
+        cfg.registries[0].accounts[0].lifecycle.keepalive = None;
     })
     .await;
     h.mock
@@ -127,7 +127,7 @@ async fn a_registry_that_forgets_idle_sessions_is_handled_like_gov() {
     };
     let h = Harness::start(mock_cfg, |cfg| {
         one_session(cfg);
-        cfg.accounts[0].lifecycle.keepalive = None;
+        cfg.registries[0].accounts[0].lifecycle.keepalive = None;
     })
     .await;
     let mut c = h.logged_in().await;
@@ -215,7 +215,7 @@ async fn a_transform_whose_response_was_lost_is_never_replayed() {
 async fn a_stalled_response_times_out_queries_retry_transforms_close() {
     let h = Harness::start(MockConfig::default(), |cfg| {
         one_session(cfg);
-        cfg.upstream.response_timeout = Duration::from_millis(300);
+        cfg.registries[0].upstream.response_timeout = Duration::from_millis(300);
     })
     .await;
     let mut c = h.logged_in().await;
@@ -242,7 +242,8 @@ async fn a_stalled_response_times_out_queries_retry_transforms_close() {
 async fn repeated_2200_stops_reconnecting_and_marks_the_account_unhealthy() {
     let h = Harness::start(MockConfig::default(), |cfg| {
         one_session(cfg);
-        cfg.accounts[0].password = eppmux::secret::Secret::new("not-the-registry-password");
+        cfg.registries[0].accounts[0].password =
+            eppmux::secret::Secret::new("not-the-registry-password");
     })
     .await;
     let pool = &h.proxy.pools[0];
@@ -275,10 +276,10 @@ async fn a_2502_session_limit_holds_the_pool_below_its_max() {
         ..MockConfig::default()
     };
     let h = Harness::start(mock_cfg, |cfg| {
-        cfg.accounts[0].pool_min = 2;
-        cfg.accounts[0].pool_max = 3;
-        cfg.queue_wait = Duration::from_millis(200);
-        cfg.session_limit_hold = Duration::from_secs(3600);
+        cfg.registries[0].accounts[0].pool_min = 2;
+        cfg.registries[0].accounts[0].pool_max = 3;
+        cfg.registries[0].queue_wait = Duration::from_millis(200);
+        cfg.registries[0].session_limit_hold = Duration::from_secs(3600);
     })
     .await;
     let pool = &h.proxy.pools[0];
@@ -308,7 +309,7 @@ async fn eppmux_starts_with_the_registry_down_and_serves_once_it_is_up() {
     let addr = probe.local_addr().unwrap();
     drop(probe);
     let mut cfg = proxy_config(addr);
-    cfg.greeting_wait = Duration::from_secs(30);
+    cfg.registries[0].greeting_wait = Duration::from_secs(30);
     let proxy = Proxy::start(&cfg, CancellationToken::new()).await.unwrap();
     proxy.pools[0]
         .wait_for(|s| s.consecutive_failures >= 2)
@@ -348,7 +349,7 @@ async fn eppmux_starts_with_the_registry_down_and_serves_once_it_is_up() {
 async fn sessions_retire_after_max_commands_without_clients_noticing() {
     let h = Harness::start(MockConfig::default(), |cfg| {
         one_session(cfg);
-        cfg.accounts[0].lifecycle.max_commands = Some(3);
+        cfg.registries[0].accounts[0].lifecycle.max_commands = Some(3);
     })
     .await;
     let mut c = h.logged_in().await;
@@ -380,7 +381,7 @@ async fn sessions_retire_after_max_commands_without_clients_noticing() {
 async fn sessions_retire_at_max_age() {
     let h = Harness::start(MockConfig::default(), |cfg| {
         one_session(cfg);
-        cfg.accounts[0].lifecycle.max_age = Some(Duration::from_millis(200));
+        cfg.registries[0].accounts[0].lifecycle.max_age = Some(Duration::from_millis(200));
     })
     .await;
     h.mock
@@ -450,7 +451,7 @@ async fn waiting_commands_are_served_first_come_first_served() {
 async fn the_wait_queue_is_bounded() {
     let h = Harness::start(MockConfig::default(), |cfg| {
         one_session(cfg);
-        cfg.queue_max = 1;
+        cfg.registries[0].queue_max = 1;
     })
     .await;
     let mut a = h.logged_in().await;
@@ -531,7 +532,7 @@ async fn graceful_shutdown_finishes_in_flight_and_answers_queued() {
 async fn a_pipelined_session_carries_several_commands_at_once_in_order() {
     let h = Harness::start(MockConfig::default(), |cfg| {
         one_session(cfg);
-        cfg.accounts[0].lifecycle.pipeline_depth = 4;
+        cfg.registries[0].accounts[0].lifecycle.pipeline_depth = 4;
     })
     .await;
     let mut clients = Vec::new();
@@ -568,7 +569,7 @@ async fn a_pipelined_session_carries_several_commands_at_once_in_order() {
 async fn a_pipelined_session_that_dies_replays_only_queries() {
     let h = Harness::start(MockConfig::default(), |cfg| {
         one_session(cfg);
-        cfg.accounts[0].lifecycle.pipeline_depth = 3;
+        cfg.registries[0].accounts[0].lifecycle.pipeline_depth = 3;
     })
     .await;
     let mut a = h.logged_in().await;

@@ -66,6 +66,8 @@ pub struct PoolSettings {
 
 /// What a pool is started with.
 pub struct PoolParts {
+    /// The registry's name, for metrics, logs and `/status` ("" for the unnamed one).
+    pub registry: String,
     pub account: AccountConfig,
     pub settings: PoolSettings,
     pub target: Arc<UpstreamTarget>,
@@ -143,6 +145,11 @@ impl Pool {
         &self.inner.parts.account.clid
     }
 
+    /// The registry's name ("" for the single registry of the flat form).
+    pub fn registry(&self) -> &str {
+        &self.inner.parts.registry
+    }
+
     pub fn stats(&self) -> Stats {
         self.inner.state().core.stats(Instant::now())
     }
@@ -171,6 +178,7 @@ impl Pool {
             })
             .collect();
         serde_json::json!({
+            "registry": self.registry(),
             "account": self.clid(),
             "pool_min": stats.pool_min,
             "pool_max": stats.pool_max,
@@ -195,6 +203,7 @@ impl Pool {
         let stats = self.stats();
         let m = &self.inner.parts.metrics;
         let account = self.clid().to_string();
+        let registry = self.registry().to_string();
         let busy = stats.live.saturating_sub(stats.idle);
         for (state, n) in [
             ("connecting", stats.connecting),
@@ -204,12 +213,13 @@ impl Pool {
         ] {
             m.sessions
                 .get_or_create(&SessionStateLabel {
+                    registry: registry.clone(),
                     account: account.clone(),
                     state,
                 })
                 .set(n as i64);
         }
-        let label = metrics::account(&account);
+        let label = metrics::account(&registry, &account);
         m.queue_length
             .get_or_create(&label)
             .set(stats.waiting as i64);
@@ -495,7 +505,8 @@ impl Inner {
     fn export_counts(&self, before: &Counters, after: &Counters) {
         let m = &self.parts.metrics;
         let clid = &self.parts.account.clid;
-        let label = metrics::account(clid);
+        let registry = &self.parts.registry;
+        let label = metrics::account(registry, clid);
         let delta = |f: fn(&Counters) -> u64| f(after).saturating_sub(f(before));
         for (kind, n) in [
             ("handoff", delta(|c| c.handoffs)),
@@ -505,6 +516,7 @@ impl Inner {
             if n > 0 {
                 m.retries
                     .get_or_create(&RetryLabel {
+                        registry: registry.clone(),
                         account: clid.clone(),
                         kind,
                     })
@@ -531,6 +543,7 @@ impl Inner {
             .metrics
             .logins
             .get_or_create(&ResultLabel {
+                registry: self.parts.registry.clone(),
                 account: self.parts.account.clid.clone(),
                 result,
             })
@@ -541,7 +554,10 @@ impl Inner {
         self.parts
             .metrics
             .queue_wait
-            .get_or_create(&metrics::account(&self.parts.account.clid))
+            .get_or_create(&metrics::account(
+                &self.parts.registry,
+                &self.parts.account.clid,
+            ))
             .observe(asked.elapsed().as_secs_f64());
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use eppmux::config::{AccountConfig, Config, LogFormat, ServerTls, UpstreamConfig};
+use eppmux::config::{Config, EnvSecrets, Options};
 use eppmux::epp::{self, Message, Response};
 use eppmux::frame::EppCodec;
 use eppmux::mock_registry::{MockConfig, MockRegistry};
@@ -55,51 +55,43 @@ pub async fn start_mock(cfg: MockConfig) -> MockRegistry {
     MockRegistry::start(loopback(), tls, cfg).await.unwrap()
 }
 
+/// The options of a proxy for a registry at `upstream`, with both listeners on ephemeral ports.
+pub fn proxy_options(upstream: SocketAddr) -> Options {
+    let mut o = Options::default();
+    o.process.admin = Some(loopback());
+    let r = &mut o.registry;
+    r.listen = Some(loopback());
+    r.listen_tls = Some(loopback());
+    r.tls_cert = Some(cert("server.pem"));
+    r.tls_key = Some(cert("server-key.pem"));
+    r.upstream = Some(upstream.to_string());
+    r.upstream_server_name = Some("localhost".into());
+    r.upstream_ca = Some(cert("ca.pem"));
+    r.upstream_cert = Some(cert("client.pem"));
+    r.upstream_key = Some(cert("client-key.pem"));
+    r.upstream_timeout = Some(Duration::from_secs(5));
+    r.response_timeout = Some(Duration::from_secs(30));
+    r.greeting_wait = Some(Duration::from_secs(5));
+    r.queue_wait = Some(Duration::from_secs(5));
+    r.clid = Some(CLID.into());
+    r.pool_min = Some(1);
+    r.pool_max = Some(2);
+    // Tests churn sessions on purpose; the budget's own tests set it low.
+    r.session.max_logins_per_minute = Some(6000);
+    o
+}
+
+/// The environment's secrets the harness runs with: the account's password.
+pub fn test_env() -> EnvSecrets {
+    EnvSecrets {
+        password: Some(Secret::new(PASSWORD)),
+        ..EnvSecrets::default()
+    }
+}
+
 /// A proxy configuration for a registry at `upstream`, with both listeners on ephemeral ports.
 pub fn proxy_config(upstream: SocketAddr) -> Config {
-    Config {
-        admin: Some(loopback()),
-        listen: Some(loopback()),
-        listen_tls: Some(loopback()),
-        tls: Some(ServerTls {
-            cert: cert("server.pem").into(),
-            key: cert("server-key.pem").into(),
-            client_ca: None,
-            client_allow: Vec::new(),
-        }),
-        upstream: UpstreamConfig {
-            addr: upstream.to_string(),
-            server_name: "localhost".into(),
-            ca: Some(cert("ca.pem")),
-            cert: cert("client.pem").into(),
-            key: cert("client-key.pem").into(),
-            step_timeout: Duration::from_secs(5),
-            response_timeout: Duration::from_secs(30),
-        },
-        accounts: vec![AccountConfig {
-            clid: CLID.into(),
-            password: Secret::new(PASSWORD),
-            pool_min: 1,
-            pool_max: 2,
-            obj_uris: None,
-            ext_uris: None,
-            lifecycle: Default::default(),
-            // Tests churn sessions on purpose; the budget's own tests set it low.
-            max_logins_per_minute: Some(6000),
-            max_commands_per_second: None,
-            local: Default::default(),
-        }],
-        limits: Default::default(),
-        greeting_wait: Duration::from_secs(5),
-        queue_wait: Duration::from_secs(5),
-        queue_max: 1000,
-        queue_max_bytes: 64 << 20,
-        admin_token: None,
-        session_limit_hold: Duration::from_secs(300),
-        shutdown_timeout: Duration::from_secs(10),
-        log_format: LogFormat::Text,
-        log_level: "info".into(),
-    }
+    Config::from_options(proxy_options(upstream), &test_env()).expect("the test configuration")
 }
 
 pub struct Harness {
