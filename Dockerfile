@@ -5,7 +5,8 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-COPY benches ./benches
+# Every member of the workspace (the binary needs the wire and mock crates; cargo reads all).
+COPY crates ./crates
 # The demo compiles the example certificates in (include_str!).
 COPY certs-example ./certs-example
 RUN cargo build --release --locked --bin eppmux

@@ -14,7 +14,7 @@
 //! [`compare`] holds eppmux's [`sniff`] to it: eppmux may refuse more, but whatever it reads it must
 //! read as the reference does.
 
-use eppmux::epp::{sniff, Message};
+use eppmux_wire::epp::{sniff, Message};
 use roxmltree::{Document, Node, ParsingOptions};
 
 const EPP: &str = "urn:ietf:params:xml:ns:epp-1.0";

@@ -20,7 +20,7 @@ idle=2000
 clients=50
 if [ $smoke = 1 ]; then secs=1; idle=50; clients=10; fi
 
-cargo build --release --locked --bins -q
+cargo build --release --locked --workspace --bins -q
 bin=target/release
 out=${BENCH_OUT:-target/bench/results.jsonl}
 mkdir -p "$(dirname "$out")"

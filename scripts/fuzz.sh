@@ -16,7 +16,7 @@ export RUSTC_BOOTSTRAP=1
 
 # Seed corpora from the sample frames kept in the repository.
 mkdir -p fuzz/corpus/sniffer fuzz/corpus/frame_decoder fuzz/corpus/differential
-for f in tests/frames/*.xml examples/*.xml; do
+for f in crates/eppmux-wire/tests/frames/*.xml examples/*.xml; do
   cp "$f" "fuzz/corpus/sniffer/$(basename "$f")"
   cp "$f" "fuzz/corpus/differential/$(basename "$f")"
   python3 -c 'import sys; d=open(sys.argv[1],"rb").read(); sys.stdout.buffer.write(bytes([7])+(len(d)+4).to_bytes(4,"big")+d)' "$f" \

@@ -8,7 +8,7 @@ scripts/install-test-deps.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --locked --all-targets "$@" 2>&1 | tee "$log"
+cargo test --locked --workspace --all-targets "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 passed=$(grep '^test result:' "$log" | grep -oE '[0-9]+ passed' | awk '{n += $1} END {print n + 0}')

@@ -11,15 +11,13 @@ pub mod admin;
 pub mod cli;
 pub mod client_session;
 pub mod config;
-pub mod epp;
-pub mod frame;
 pub mod keys;
 pub mod listener;
 pub mod metrics;
-pub mod mock_registry;
 pub mod pool;
 pub mod proxy;
-pub mod secret;
 pub mod shown;
 pub mod tls;
 pub mod upstream;
+
+pub use eppmux_wire::{epp, frame, secret};

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use eppmux::epp::{self, Message};
-use eppmux::mock_registry::{Chaos, MockConfig};
+use eppmux_mock::{Chaos, MockConfig};
 use futures_util::{SinkExt, StreamExt};
 
 fn env_or(key: &str, default: u64) -> u64 {

@@ -103,7 +103,7 @@ async fn sigterm_logs_out_upstream_and_exits_zero() {
     use std::sync::atomic::Ordering::Relaxed;
     use tokio::io::{AsyncBufReadExt, BufReader};
 
-    let mock = common::start_mock(eppmux::mock_registry::MockConfig::default()).await;
+    let mock = common::start_mock(eppmux_mock::MockConfig::default()).await;
     let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let listen_addr = listen.local_addr().unwrap();
     drop(listen);

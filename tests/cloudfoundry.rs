@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use base64::Engine;
 use common::*;
-use eppmux::mock_registry::MockConfig;
+use eppmux_mock::MockConfig;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use eppmux::epp::{self, Message};
-use eppmux::mock_registry::{Fault, MockConfig, MockRegistry};
+use eppmux_mock::{Fault, MockConfig, MockRegistry};
 
 /// Turns a hang into a failure naming what did not happen.
 async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {

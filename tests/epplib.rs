@@ -16,7 +16,7 @@ use std::process::Output;
 use std::sync::atomic::Ordering::Relaxed;
 
 use common::*;
-use eppmux::mock_registry::MockConfig;
+use eppmux_mock::MockConfig;
 use tokio::process::Command;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");

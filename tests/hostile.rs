@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use eppmux::epp::EPP_NS;
-use eppmux::mock_registry::{Fault, MockConfig, MockRegistry};
+use eppmux_mock::{Fault, MockConfig, MockRegistry};
 use tokio::io::AsyncWriteExt;
 
 fn hello_xml() -> String {

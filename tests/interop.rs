@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use eppmux::mock_registry::MockConfig;
+use eppmux_mock::MockConfig;
 use tokio::process::Command;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 
 use common::*;
-use eppmux::mock_registry::MockConfig;
+use eppmux_mock::MockConfig;
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use eppmux::mock_registry::{Fault, MockConfig};
+use eppmux_mock::{Fault, MockConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn eppmux_bin() -> tokio::process::Command {
@@ -218,7 +218,7 @@ async fn healthz_readyz_and_status() {
         Some(&cert("ca.pem")),
     )
     .unwrap();
-    let mock = eppmux::mock_registry::MockRegistry::start(registry, tls, MockConfig::default())
+    let mock = eppmux_mock::MockRegistry::start(registry, tls, MockConfig::default())
         .await
         .unwrap();
     proxy.pools[0].wait_for(|s| s.live >= 1).await;

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use common::*;
 use eppmux::config::{Config, EnvSecrets, Explicit};
-use eppmux::mock_registry::{MockConfig, MockRegistry};
 use eppmux::proxy::Proxy;
+use eppmux_mock::{MockConfig, MockRegistry};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 

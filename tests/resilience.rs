@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use eppmux::epp::{self, Message};
-use eppmux::mock_registry::{Fault, MockConfig, MockRegistry};
 use eppmux::proxy::Proxy;
+use eppmux_mock::{Fault, MockConfig, MockRegistry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

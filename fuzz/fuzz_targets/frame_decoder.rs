@@ -3,7 +3,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use eppmux::frame::{ClientCodec, EppCodec, Incoming};
+use eppmux_wire::frame::{ClientCodec, EppCodec, Incoming};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 

@@ -2,7 +2,7 @@
 //! sniffer accepts as a command can be answered (the answer sniffs back as a response).
 #![no_main]
 
-use eppmux::epp::{self, Message};
+use eppmux_wire::epp::{self, Message};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

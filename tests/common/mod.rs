@@ -11,9 +11,9 @@ use bytes::Bytes;
 use eppmux::config::{Config, EnvSecrets, Options};
 use eppmux::epp::{self, Message, Response};
 use eppmux::frame::EppCodec;
-use eppmux::mock_registry::{MockConfig, MockRegistry};
 use eppmux::proxy::Proxy;
 use eppmux::secret::Secret;
+use eppmux_mock::{MockConfig, MockRegistry};
 use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -36,7 +36,7 @@ pub fn cert(name: &str) -> PathBuf {
 /// A sample frame from tests/frames.
 pub fn sample(name: &str) -> Bytes {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/frames")
+        .join("crates/eppmux-wire/tests/frames")
         .join(name);
     Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }

@@ -9,8 +9,8 @@ use tracing::info;
 
 use eppmux::cli::{DemoArgs, MockArgs};
 use eppmux::config::{Config, EnvSecrets, Options};
-use eppmux::mock_registry::{MockConfig, MockRegistry};
 use eppmux::secret::Secret;
+use eppmux_mock::{MockConfig, MockRegistry};
 
 use crate::init_logging;
 use crate::run::{serve, wait_for_signal};

@@ -2,7 +2,7 @@
 //! arbitrary byte streams that never panic the decoder nor yield a frame above the limit.
 
 use bytes::{Bytes, BytesMut};
-use eppmux::frame::{encode_frame, EppCodec, FrameError};
+use eppmux_wire::frame::{encode_frame, EppCodec, FrameError};
 use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
 

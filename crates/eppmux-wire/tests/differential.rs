@@ -10,14 +10,14 @@
 //! CI runs the same cases each time; `DIFFERENTIAL_CASES` sets how many); choice 0 is always the
 //! plain one, so a failing case shrinks towards an ordinary frame.
 
-#[path = "../fuzz/reference.rs"]
+#[path = "../../../fuzz/reference.rs"]
 mod reference;
 
 use std::cell::Cell;
 use std::path::Path;
 
-use eppmux::epp::{self, sniff, Message, DOMAIN_NS, EPP_NS, HOST_NS, VERBS};
-use eppmux::secret::Secret;
+use eppmux_wire::epp::{self, sniff, Message, DOMAIN_NS, EPP_NS, HOST_NS, VERBS};
+use eppmux_wire::secret::Secret;
 use proptest::collection::vec;
 use proptest::prelude::any;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
@@ -26,7 +26,8 @@ use reference::{compare, Outcome};
 fn sample_files() -> Vec<std::path::PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    for dir in ["tests/frames", "examples"] {
+    // The wire samples beside this crate, and the repository's example commands.
+    for dir in ["tests/frames", "../../examples"] {
         for entry in std::fs::read_dir(root.join(dir)).expect("sample directory") {
             let path = entry.expect("directory entry").path();
             if path.extension().is_some_and(|e| e == "xml") {

@@ -3,8 +3,8 @@
 
 use bytes::{Bytes, BytesMut};
 use divan::{black_box, Bencher};
-use eppmux::epp;
-use eppmux::frame::EppCodec;
+use eppmux_wire::epp;
+use eppmux_wire::frame::EppCodec;
 use tokio_util::codec::{Decoder, Encoder};
 
 fn main() {

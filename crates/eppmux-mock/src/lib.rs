@@ -10,6 +10,7 @@
 //! ([`Chaos`]) — and keeps a ledger of every transform it processed, so a test can prove that
 //! nothing ran twice. Commands on domains named `hold-*` wait until the test releases them (a
 //! deterministic "busy session"), and commands on `mismatch-*` are answered with a wrong clTRID.
+#![forbid(unsafe_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -32,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::epp::{self, Command, Message, EPP_NS};
-use crate::frame::{encode_frame, EppCodec};
+use eppmux_wire::epp::{self, Command, Message, EPP_NS};
+use eppmux_wire::frame::{encode_frame, EppCodec};
 
 const DOMAIN_NS: &str = "urn:ietf:params:xml:ns:domain-1.0";
 pub const NOT_LOGGED_IN: &str = "Registrar is not logged in.";
@@ -77,7 +78,7 @@ impl Default for MockConfig {
             idle_timeout: Duration::from_secs(3600),
             idle_forget: false,
             chaos: None,
-            max_frame: crate::frame::DEFAULT_MAX_FRAME,
+            max_frame: eppmux_wire::frame::DEFAULT_MAX_FRAME,
             forgotten_message: NOT_LOGGED_IN.to_string(),
             strict_cltrid: false,
             login_latency: Duration::ZERO,
