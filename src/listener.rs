@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -64,21 +64,8 @@ pub async fn serve(
                 continue;
             }
         };
-        let source = Source::of(peer.ip());
-        if !ctx.shared.enter_source(source) {
-            refused(&ctx, kind, "per_source");
-            warn!(listener = kind, %peer, max = ctx.shared.limits.max_clients_per_source, "refusing connection: too many from this host");
+        let Some(admitted) = admit(&ctx, &slots, kind, peer) else {
             continue;
-        }
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => Some(slot),
-            Err(_) if ctx.shared.evict_oldest_pre_login() => None,
-            Err(_) => {
-                ctx.shared.leave_source(source);
-                refused(&ctx, kind, "max_clients");
-                warn!(listener = kind, %peer, max_clients = ctx.shared.limits.max_clients, "refusing connection: too many clients connected, all logged in");
-                continue;
-            }
         };
         let _ = stream.set_nodelay(true);
         let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
@@ -87,37 +74,24 @@ pub async fn serve(
         } else {
             info_span!("client", registry = %ctx.registry, conn = id, listener = kind, %peer)
         };
-        let ctx = ctx.clone();
-        let tls = tls.clone();
-        let slots = slots.clone();
+        let (ctx, tls, slots) = (ctx.clone(), tls.clone(), slots.clone());
         tasks.spawn(
             async move {
-                let slot = match slot {
-                    Some(slot) => Some(slot),
-                    // The evicted connection gives its slot back as it closes.
-                    None => timeout(CLOSE_WAIT * 2, slots.acquire_owned())
-                        .await
-                        .ok()
-                        .and_then(Result::ok),
-                };
-                if let Some(slot) = slot {
-                    let label = ListenerLabel { listener: kind };
-                    ctx.shared.metrics.clients_total.get_or_create(&label).inc();
-                    ctx.shared
-                        .metrics
-                        .clients_current
-                        .get_or_create(&label)
-                        .inc();
-                    handle(stream, id, peer, tls, &ctx).await;
-                    ctx.shared
-                        .metrics
-                        .clients_current
-                        .get_or_create(&label)
-                        .dec();
-                    drop(slot);
-                } else {
-                    refused(&ctx, kind, "max_clients");
-                    warn!("refusing connection: no client slot freed up");
+                let source = admitted.source;
+                match admitted.slot(&slots).await {
+                    Some(slot) => {
+                        let label = ListenerLabel { listener: kind };
+                        let metrics = &ctx.shared.metrics;
+                        metrics.clients_total.get_or_create(&label).inc();
+                        metrics.clients_current.get_or_create(&label).inc();
+                        handle(stream, id, peer, tls, &ctx).await;
+                        metrics.clients_current.get_or_create(&label).dec();
+                        drop(slot);
+                    }
+                    None => {
+                        refused(&ctx, kind, "max_clients");
+                        warn!("refusing connection: no client slot freed up");
+                    }
                 }
                 ctx.shared.leave_source(source);
             }
@@ -125,6 +99,53 @@ pub async fn serve(
         );
     }
     info!(listener = kind, "stopped accepting");
+}
+
+/// A connection let in: its host counted, and its client slot (or the promise of the slot an
+/// evicted connection is giving back).
+struct Admitted {
+    source: Source,
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Admitted {
+    async fn slot(self, slots: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+        match self.slot {
+            Some(slot) => Some(slot),
+            // The evicted connection gives its slot back as it closes.
+            None => timeout(CLOSE_WAIT * 2, slots.clone().acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok),
+        }
+    }
+}
+
+/// Lets a new connection in, or refuses it (per-host cap, or every slot held by a client that
+/// logged in).
+fn admit(
+    ctx: &ClientContext,
+    slots: &Arc<Semaphore>,
+    kind: &'static str,
+    peer: SocketAddr,
+) -> Option<Admitted> {
+    let source = Source::of(peer.ip());
+    if !ctx.shared.enter_source(source) {
+        refused(ctx, kind, "per_source");
+        warn!(listener = kind, %peer, max = ctx.shared.limits.max_clients_per_source, "refusing connection: too many from this host");
+        return None;
+    }
+    let slot = match slots.clone().try_acquire_owned() {
+        Ok(slot) => Some(slot),
+        Err(_) if ctx.shared.evict_oldest_pre_login() => None,
+        Err(_) => {
+            ctx.shared.leave_source(source);
+            refused(ctx, kind, "max_clients");
+            warn!(listener = kind, %peer, max_clients = ctx.shared.limits.max_clients, "refusing connection: too many clients connected, all logged in");
+            return None;
+        }
+    };
+    Some(Admitted { source, slot })
 }
 
 async fn handle(

@@ -116,6 +116,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Long because: one registration per metric, each with its help text; split, the list of
+    /// what eppmux exports would only be scattered.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("eppmux");
         let m = Metrics {

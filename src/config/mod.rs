@@ -9,6 +9,7 @@
 //! passphrases from files or the environment ([`EnvSecrets`]), certificates and keys from files or
 //! `EPPMUX_*_PEM` variables.
 
+mod accounts;
 mod layers;
 pub mod options;
 #[cfg(test)]

@@ -5,15 +5,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use super::layers::{Origin, Origins, Resolved};
-use super::options::{
-    AccountOptions, NamedRegistry, ProcessOptions, RegistryOptions, SessionOptions,
-};
+use super::options::{NamedRegistry, ProcessOptions, RegistryOptions};
 use super::{
-    AccountConfig, ClientLimits, Config, ConfigError, EnvSecrets, LocalLogin, RegistryConfig,
-    ServerTls, SessionLifecycle, UpstreamConfig, SUSPECT_2002_AFTER,
+    ClientLimits, Config, ConfigError, EnvSecrets, RegistryConfig, ServerTls, UpstreamConfig,
 };
 use crate::keys::{KeySource, PemSource};
 use crate::secret::Secret;
@@ -21,7 +17,7 @@ use crate::secret::Secret;
 /// A place in the resolved options — the top level, a `[[registry]]` table, an account — for
 /// reading a key's origin and naming it in errors.
 #[derive(Clone)]
-struct At<'a> {
+pub(super) struct At<'a> {
     origins: &'a Origins,
     prefix: Vec<String>,
     /// "registry gov, account r1" for messages; empty at the top.
@@ -40,7 +36,7 @@ impl<'a> At<'a> {
         }
     }
 
-    fn within(&self, path: &[String], what: String) -> At<'a> {
+    pub(super) fn within(&self, path: &[String], what: String) -> At<'a> {
         let mut prefix = self.prefix.clone();
         prefix.extend_from_slice(path);
         let context = match (self.context.is_empty(), what.is_empty()) {
@@ -56,21 +52,21 @@ impl<'a> At<'a> {
         }
     }
 
-    fn path(&self, key: &str) -> Vec<String> {
+    pub(super) fn path(&self, key: &str) -> Vec<String> {
         let mut path = self.prefix.clone();
         path.push(key.to_string());
         path
     }
 
     /// Where `key`'s value came from: here, or where it was inherited from.
-    fn origin(&self, key: &str) -> Origin {
+    pub(super) fn origin(&self, key: &str) -> Origin {
         match (self.origins.of(&self.path(key)), &self.parent) {
             (Origin::Default, Some(parent)) => parent.origin(key),
             (origin, _) => origin,
         }
     }
 
-    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(super) fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
         let message = message.into();
         let message = if self.context.is_empty() {
             message
@@ -81,7 +77,7 @@ impl<'a> At<'a> {
     }
 
     /// A path option, relative to the file's directory when it came from the file.
-    fn file(&self, key: &str, value: &Option<PathBuf>) -> Option<PathBuf> {
+    pub(super) fn file(&self, key: &str, value: &Option<PathBuf>) -> Option<PathBuf> {
         let value = value.clone()?;
         match self.origins.base_dir(&self.path(key)) {
             Some(dir) if value.is_relative() => Some(dir.join(value)),
@@ -90,13 +86,17 @@ impl<'a> At<'a> {
     }
 
     /// A value every declaration gives a default to.
-    fn required<T: Clone>(&self, key: &str, value: &Option<T>) -> Result<T, ConfigError> {
+    pub(super) fn required<T: Clone>(
+        &self,
+        key: &str,
+        value: &Option<T>,
+    ) -> Result<T, ConfigError> {
         value
             .clone()
             .ok_or_else(|| self.invalid(key, "missing (and it has no default)"))
     }
 
-    fn at_least<T: PartialOrd + Copy + std::fmt::Display>(
+    pub(super) fn at_least<T: PartialOrd + Copy + std::fmt::Display>(
         &self,
         key: &str,
         value: &Option<T>,
@@ -261,7 +261,7 @@ fn registry(
     let (listen, listen_tls) = listeners(o, at)?;
     let tls = listener_tls(o, listen_tls, at, env)?;
     let upstream = upstream(o, at, env)?;
-    let accounts = accounts(o, at, env, tls.as_ref())?;
+    let accounts = super::accounts::accounts(o, at, env, tls.as_ref())?;
     let queue_max_bytes = at.required("queue_max_bytes", &o.queue_max_bytes)?;
     if queue_max_bytes < max_frame {
         return Err(at.invalid(
@@ -403,183 +403,7 @@ fn upstream(
     })
 }
 
-fn accounts(
-    o: &RegistryOptions,
-    at: &At<'_>,
-    env: &EnvSecrets,
-    tls: Option<&ServerTls>,
-) -> Result<Vec<AccountConfig>, ConfigError> {
-    let mut accounts = Vec::new();
-    for (i, acc) in o.accounts.iter().enumerate() {
-        let inner = at.within(
-            &["account".into(), i.to_string()],
-            format!("account {}", acc.clid),
-        );
-        accounts.push(account(acc, o, &inner)?);
-    }
-    if let Some(clid) = &o.clid {
-        let password = match (at.file("password_file", &o.password_file), &env.password) {
-            (Some(path), _) => read_secret_file(at, "password_file", &path)?,
-            (None, Some(p)) => p.clone(),
-            (None, None) => {
-                return Err(at.invalid(
-                    "password",
-                    "--clid needs --password-file or EPPMUX_PASSWORD",
-                ))
-            }
-        };
-        let single = AccountOptions {
-            clid: clid.clone(),
-            ..AccountOptions::default()
-        };
-        let mut acc = account_with(&single, password, o, at)?;
-        acc.local = LocalLogin::default();
-        accounts.push(acc);
-    }
-    if accounts.is_empty() {
-        return Err(at.invalid(
-            "clid",
-            "no registrar account: set --clid or add [[account]] tables to the file",
-        ));
-    }
-    for (i, acc) in accounts.iter().enumerate() {
-        if accounts[..i].iter().any(|a| a.clid == acc.clid) {
-            return Err(at.invalid("clid", format!("account {} is configured twice", acc.clid)));
-        }
-        if accounts[..i]
-            .iter()
-            .any(|a| a.local_clid() == acc.local_clid())
-        {
-            return Err(at.invalid(
-                "local_clid",
-                format!(
-                    "local clID {} is used by two accounts: a local login must name one",
-                    acc.local_clid()
-                ),
-            ));
-        }
-        if !acc.local.client_certs.is_empty() && tls.is_none_or(|t| t.client_ca.is_none()) {
-            return Err(at.invalid(
-                "local_client_certs",
-                "needs tls_client_ca (client certificates are only asked for then)",
-            ));
-        }
-    }
-    Ok(accounts)
-}
-
-/// One `[[account]]` table, its unset options taken from its registry's.
-fn account(
-    acc: &AccountOptions,
-    r: &RegistryOptions,
-    at: &At<'_>,
-) -> Result<AccountConfig, ConfigError> {
-    let password = match (&acc.password, at.file("password_file", &acc.password_file)) {
-        (Some(_), Some(_)) => {
-            return Err(at.invalid("password", "set password or password_file, not both"))
-        }
-        (Some(p), None) => p.clone(),
-        (None, Some(path)) => read_secret_file(at, "password_file", &path)?,
-        (None, None) => return Err(at.invalid("password", "password or password_file is required")),
-    };
-    let mut out = account_with(acc, password, r, at)?;
-    out.local = LocalLogin {
-        clid: acc.local_clid.clone(),
-        password: match (
-            &acc.local_password,
-            at.file("local_password_file", &acc.local_password_file),
-        ) {
-            (Some(_), Some(_)) => {
-                return Err(at.invalid(
-                    "local_password",
-                    "set local_password or local_password_file, not both",
-                ))
-            }
-            (Some(p), None) => Some(p.clone()),
-            (None, Some(path)) => Some(read_secret_file(at, "local_password_file", &path)?),
-            (None, None) => None,
-        },
-        client_certs: fingerprints(at, "local_client_certs", acc.local_client_certs.as_deref())?,
-    };
-    Ok(out)
-}
-
-fn account_with(
-    acc: &AccountOptions,
-    password: Secret,
-    r: &RegistryOptions,
-    at: &At<'_>,
-) -> Result<AccountConfig, ConfigError> {
-    if acc.clid.is_empty() {
-        return Err(at.invalid("clid", "must not be empty"));
-    }
-    if password.is_empty() {
-        return Err(at.invalid("password", "the password is empty"));
-    }
-    let pool_min = at.required("pool_min", &acc.pool_min.or(r.pool_min))?;
-    let pool_max = at.at_least("pool_max", &acc.pool_max.or(r.pool_max), 1)?;
-    if pool_min > pool_max {
-        return Err(at.invalid(
-            "pool_min",
-            format!("pool_min ({pool_min}) exceeds pool_max ({pool_max})"),
-        ));
-    }
-    let s = SessionOptions::or(&acc.session, &r.session);
-    let keepalive = at.required("keepalive", &s.keepalive)?;
-    let lifecycle = SessionLifecycle {
-        keepalive: (!keepalive.is_zero()).then_some(keepalive),
-        max_age: s.max_session_age,
-        max_commands: s.max_session_commands,
-        pipeline_depth: at.required("pipeline_depth", &s.pipeline_depth)?,
-        suspect_2002_after: SUSPECT_2002_AFTER,
-    };
-    if lifecycle.max_commands == Some(0) || lifecycle.max_age == Some(Duration::ZERO) {
-        return Err(at.invalid("max_session_commands", "session limits must be above zero"));
-    }
-    if !(1..=64).contains(&lifecycle.pipeline_depth) {
-        return Err(at.invalid("pipeline_depth", "must be between 1 and 64"));
-    }
-    if s.max_logins_per_minute == Some(0) {
-        return Err(at.invalid("max_logins_per_minute", "must be at least 1"));
-    }
-    if s.max_commands_per_second
-        .is_some_and(|r| !(r.is_finite() && r > 0.0))
-    {
-        return Err(at.invalid("max_commands_per_second", "must be a number above zero"));
-    }
-    Ok(AccountConfig {
-        clid: acc.clid.clone(),
-        password,
-        pool_min,
-        pool_max,
-        obj_uris: acc.obj_uris.clone(),
-        ext_uris: acc.ext_uris.clone(),
-        lifecycle,
-        max_logins_per_minute: s.max_logins_per_minute,
-        max_commands_per_second: s.max_commands_per_second,
-        local: LocalLogin::default(),
-    })
-}
-
-impl SessionOptions {
-    /// `own`'s options, each unset one taken from `inherited`.
-    fn or(own: &SessionOptions, inherited: &SessionOptions) -> SessionOptions {
-        SessionOptions {
-            keepalive: own.keepalive.or(inherited.keepalive),
-            max_session_age: own.max_session_age.or(inherited.max_session_age),
-            max_session_commands: own.max_session_commands.or(inherited.max_session_commands),
-            pipeline_depth: own.pipeline_depth.or(inherited.pipeline_depth),
-            max_logins_per_minute: own
-                .max_logins_per_minute
-                .or(inherited.max_logins_per_minute),
-            max_commands_per_second: own
-                .max_commands_per_second
-                .or(inherited.max_commands_per_second),
-        }
-    }
-}
-
-fn fingerprints(
+pub(super) fn fingerprints(
     at: &At<'_>,
     key: &str,
     given: Option<&[String]>,
@@ -643,7 +467,7 @@ fn passphrase_input(
     }
 }
 
-fn read_secret_file(at: &At<'_>, key: &str, path: &Path) -> Result<Secret, ConfigError> {
+pub(super) fn read_secret_file(at: &At<'_>, key: &str, path: &Path) -> Result<Secret, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| at.invalid(key, format!("{}: {e}", path.display())))?;
     // Files written by `echo` or editors end with a newline that is not part of the secret.

@@ -266,9 +266,59 @@ async fn upstream_logins(admin: SocketAddr) -> Option<f64> {
     )
 }
 
+/// What one run measured.
+struct Outcome {
+    hist: Histogram<u64>,
+    errors: u64,
+    elapsed: Duration,
+    cpu_before: Option<(f64, u64, u64)>,
+    cpu_after: Option<(f64, u64, u64)>,
+    idle_usage: Option<(f64, u64, u64)>,
+    idle_served: usize,
+    upstream_logins: Option<f64>,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = Args::parse();
+    let ctx = context(Args::parse())?;
+    // Idle clients first: they log in and then hold their connection.
+    let mut idle = Vec::with_capacity(ctx.args.idle_clients);
+    for _ in 0..ctx.args.idle_clients {
+        idle.push(connect(&ctx).await.context("idle client")?);
+    }
+    let idle_usage = ctx.args.pid.and_then(proc_usage);
+    let logins_before = match ctx.args.admin {
+        Some(a) => upstream_logins(a).await,
+        None => None,
+    };
+    let mut outcome = measure(&ctx).await?;
+    outcome.idle_usage = idle_usage;
+    let logins_after = match ctx.args.admin {
+        Some(a) => upstream_logins(a).await,
+        None => None,
+    };
+    outcome.upstream_logins = match (logins_before, logins_after) {
+        (Some(b), Some(e)) => Some(e - b),
+        _ => None,
+    };
+    // Every idle client must still be served.
+    for (i, conn) in idle.iter_mut().enumerate() {
+        if exchange(conn, command(&ctx, 1_000_000 + i, 0))
+            .await
+            .is_ok()
+        {
+            outcome.idle_served += 1;
+        }
+    }
+    report(&ctx, &outcome);
+    if outcome.errors > 0 && outcome.hist.is_empty() {
+        bail!("no command succeeded");
+    }
+    Ok(())
+}
+
+/// The shared state of a run, from the command line.
+fn context(args: Args) -> Result<Arc<Ctx>> {
     let weights: Vec<u32> = args
         .mix
         .split(',')
@@ -290,7 +340,7 @@ async fn main() -> Result<()> {
     } else {
         None
     };
-    let ctx = Arc::new(Ctx {
+    Ok(Arc::new(Ctx {
         args,
         connector,
         weights,
@@ -299,19 +349,11 @@ async fn main() -> Result<()> {
         sent: AtomicU64::new(0),
         logins: AtomicU64::new(0),
         warmed: AtomicU64::new(0),
-    });
+    }))
+}
 
-    // Idle clients first: they log in and then hold their connection.
-    let mut idle = Vec::with_capacity(ctx.args.idle_clients);
-    for _ in 0..ctx.args.idle_clients {
-        idle.push(connect(&ctx).await.context("idle client")?);
-    }
-    let idle_usage = ctx.args.pid.and_then(proc_usage);
-
-    let logins_before = match ctx.args.admin {
-        Some(a) => upstream_logins(a).await,
-        None => None,
-    };
+/// Runs the clients, measures a window of steady state, and gathers their latencies.
+async fn measure(ctx: &Arc<Ctx>) -> Result<Outcome> {
     let tasks: Vec<_> = (0..ctx.args.clients)
         .map(|id| tokio::spawn(run_client(ctx.clone(), id)))
         .collect();
@@ -345,30 +387,30 @@ async fn main() -> Result<()> {
             hist.add(h)?;
         }
     }
-    let logins_after = match ctx.args.admin {
-        Some(a) => upstream_logins(a).await,
-        None => None,
-    };
-    // Every idle client must still be served.
-    let mut idle_served = 0;
-    for (i, conn) in idle.iter_mut().enumerate() {
-        if exchange(conn, command(&ctx, 1_000_000 + i, 0))
-            .await
-            .is_ok()
-        {
-            idle_served += 1;
-        }
-    }
+    Ok(Outcome {
+        hist,
+        errors,
+        elapsed,
+        cpu_before,
+        cpu_after,
+        idle_usage: None,
+        idle_served: 0,
+        upstream_logins: None,
+    })
+}
 
+/// One line for people, one JSON line for scripts.
+fn report(ctx: &Ctx, o: &Outcome) {
     let a = &ctx.args;
+    let hist = &o.hist;
     let count = hist.len();
-    let throughput = count as f64 / elapsed.as_secs_f64();
+    let throughput = count as f64 / o.elapsed.as_secs_f64();
     let q = |p: f64| hist.value_at_quantile(p);
-    let cpu_per_cmd_us = match (cpu_before, cpu_after) {
+    let cpu_per_cmd_us = match (o.cpu_before, o.cpu_after) {
         (Some((b, _, _)), Some((e, _, _))) if count > 0 => Some((e - b) * 1e6 / count as f64),
         _ => None,
     };
-    let rss = cpu_after.map(|(_, rss, hwm)| (rss, hwm));
+    let rss = o.cpu_after.map(|(_, rss, hwm)| (rss, hwm));
     println!(
         "{:<22} {:>7} {:>6} {:>10.1} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6}",
         a.scenario,
@@ -380,7 +422,7 @@ async fn main() -> Result<()> {
         q(0.99),
         q(0.999),
         hist.max(),
-        errors
+        o.errors
     );
     let json = serde_json::json!({
         "scenario": a.scenario,
@@ -388,22 +430,18 @@ async fn main() -> Result<()> {
         "tls": a.tls,
         "clients": a.clients,
         "idle_clients": a.idle_clients,
-        "idle_clients_served": idle_served,
+        "idle_clients_served": o.idle_served,
         "commands": count,
-        "errors": errors,
-        "seconds": elapsed.as_secs_f64(),
+        "errors": o.errors,
+        "seconds": o.elapsed.as_secs_f64(),
         "throughput": throughput,
         "p50_us": q(0.5), "p90_us": q(0.9), "p99_us": q(0.99), "p999_us": q(0.999), "max_us": hist.max(),
         "client_logins": ctx.logins.load(Ordering::Relaxed),
-        "upstream_logins": match (logins_before, logins_after) { (Some(b), Some(e)) => Some(e - b), _ => None },
+        "upstream_logins": o.upstream_logins,
         "proxy_cpu_us_per_command": cpu_per_cmd_us,
         "proxy_rss_kib": rss.map(|r| r.0),
         "proxy_peak_rss_kib": rss.map(|r| r.1),
-        "proxy_rss_kib_with_idle_clients": idle_usage.map(|u| u.1),
+        "proxy_rss_kib_with_idle_clients": o.idle_usage.map(|u| u.1),
     });
     eprintln!("JSON {json}");
-    if errors > 0 && count == 0 {
-        bail!("no command succeeded");
-    }
-    Ok(())
 }

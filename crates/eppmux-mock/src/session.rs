@@ -1,0 +1,440 @@
+//! One mock registry session: the network model (frames arrive and leave half a round trip after
+//! they are sent, processing is serial) and the faults a command can meet on the way.
+//!
+//! Three tasks model the network: a reader stamps each frame with the time it would arrive
+//! (now + RTT/2), the session itself processes frames in order (each taking the processing
+//! time), and a writer sends each answer RTT/2 after it was made. With an RTT of zero this is a
+//! plain read-process-write loop; with one, pipelined commands overlap in flight the way they do
+//! on a real network.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use eppmux_wire::epp::{self, Message};
+use eppmux_wire::frame::{encode_frame, EppCodec};
+
+use crate::commands::{answer, greeting, After};
+use crate::config::Fault;
+use crate::state::{Exchange, Session, Shared};
+
+/// What the session sends, through the network model.
+enum Out {
+    Frame(Bytes),
+    /// Bytes written as they are (for faults that break framing).
+    Raw(Vec<u8>),
+}
+
+/// The session's side of the network model: frames in (stamped with when they arrive), answers
+/// out (sent half a round trip after they were made).
+struct Link {
+    /// Frames read, with the moment each would have arrived.
+    inbox: mpsc::UnboundedReceiver<(Instant, Bytes)>,
+    /// Answers for the writer, with the moment each leaves.
+    out: mpsc::UnboundedSender<(Instant, Out)>,
+    half_rtt: Duration,
+    /// When the answer being made counts as made: the end of the (virtual) processing of the
+    /// current frame.
+    made: Instant,
+    /// Received and not yet answered, for the pipelining statistics.
+    unanswered: Arc<AtomicUsize>,
+    /// Cancelled when the session is over: the reader stops.
+    done: CancellationToken,
+    /// Cancelled when this session stops reading (a fault) but keeps the connection.
+    mute: CancellationToken,
+    reading: JoinHandle<()>,
+    writing: JoinHandle<()>,
+}
+
+impl Link {
+    fn start<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        stream: S,
+        id: u64,
+        shared: &Arc<Shared>,
+    ) -> Link {
+        let codec = EppCodec::new(shared.cfg.max_frame);
+        let (rd, wr) = tokio::io::split(stream);
+        let half_rtt = shared.cfg.rtt / 2;
+        let done = CancellationToken::new();
+        let mute = CancellationToken::new();
+        let unanswered = Arc::new(AtomicUsize::new(0));
+        let (in_tx, inbox) = mpsc::unbounded_channel();
+        let (out, outbox) = mpsc::unbounded_channel();
+        let reader = Reader {
+            frames: FramedRead::new(rd, codec.clone()),
+            to_session: in_tx,
+            id,
+            half_rtt,
+            shared: shared.clone(),
+            unanswered: unanswered.clone(),
+            done: done.clone(),
+            mute: mute.clone(),
+        };
+        let reading = tokio::spawn(reader.run());
+        let writing = tokio::spawn(write(FramedWrite::new(wr, codec), outbox));
+        Link {
+            inbox,
+            out,
+            half_rtt,
+            made: Instant::now(),
+            unanswered,
+            done,
+            mute,
+            reading,
+            writing,
+        }
+    }
+
+    /// Sends `item` half a round trip after the current answer was made (or after `delay` more).
+    fn send_after(&self, delay: Duration, item: Out) {
+        let at = (self.made + delay).max(Instant::now()) + self.half_rtt;
+        let _ = self.out.send((at, item));
+    }
+
+    fn send(&self, item: Out) {
+        self.send_after(Duration::ZERO, item);
+    }
+
+    /// One command fewer awaits its answer.
+    fn answered(&self) {
+        self.unanswered.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Lets the writer finish what was sent (and close with close_notify), then stops reading.
+    async fn finish(self) {
+        drop(self.out);
+        let _ = self.writing.await;
+        self.done.cancel();
+        let _ = self.reading.await;
+    }
+}
+
+/// The reading task: frames off the connection, into the session's inbox.
+struct Reader<R> {
+    frames: FramedRead<R, EppCodec>,
+    to_session: mpsc::UnboundedSender<(Instant, Bytes)>,
+    id: u64,
+    half_rtt: Duration,
+    shared: Arc<Shared>,
+    unanswered: Arc<AtomicUsize>,
+    done: CancellationToken,
+    mute: CancellationToken,
+}
+
+impl<R: AsyncRead + Unpin> Reader<R> {
+    async fn run(mut self) {
+        let mut switch = self.shared.reading.subscribe();
+        loop {
+            let next = tokio::select! {
+                n = self.frames.next() => n,
+                _ = self.done.cancelled() => break,
+                // Stopped reading, the connection stays open: writes to it stall once the
+                // socket buffers are full, as they do with a registry that stopped reading.
+                _ = self.mute.cancelled() => {
+                    self.done.cancelled().await;
+                    break;
+                }
+                _ = until(&mut switch, false) => {
+                    tokio::select! {
+                        _ = until(&mut switch, true) => continue,
+                        _ = self.done.cancelled() => break,
+                    }
+                }
+            };
+            let Some(Ok(frame)) = next else { break };
+            if !self.arrived(frame) {
+                break;
+            }
+        }
+    }
+
+    /// Counts a frame and passes it on; false once the session is gone.
+    fn arrived(&self, frame: Bytes) -> bool {
+        let shared = &self.shared;
+        shared.state().received.push((self.id, frame.clone()));
+        shared.bump(&shared.stats.frames_received);
+        let n = self.unanswered.fetch_add(1, Ordering::Relaxed) + 1;
+        if shared.stats.peak_in_flight.fetch_max(n, Ordering::Relaxed) < n {
+            shared.changed.send_replace(());
+        }
+        self.to_session
+            .send((Instant::now() + self.half_rtt, frame))
+            .is_ok()
+    }
+}
+
+/// The writing task: each answer at its time, then a clean close.
+async fn write<W: AsyncWrite + Unpin>(
+    mut writer: FramedWrite<W, EppCodec>,
+    mut outbox: mpsc::UnboundedReceiver<(Instant, Out)>,
+) {
+    while let Some((at, item)) = outbox.recv().await {
+        delay_until(at).await;
+        let ok = match item {
+            Out::Frame(frame) => writer.send(frame).await.is_ok(),
+            Out::Raw(bytes) => {
+                let io = writer.get_mut();
+                io.write_all(&bytes).await.is_ok() && io.flush().await.is_ok()
+            }
+        };
+        if !ok {
+            break;
+        }
+    }
+    let _ = timeout(Duration::from_secs(1), writer.close()).await;
+}
+
+/// Waits until the reading switch is `want` (forever if the registry is gone).
+async fn until(switch: &mut watch::Receiver<bool>, want: bool) {
+    while *switch.borrow_and_update() != want {
+        if switch.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// `sleep_until`, except that a moment already past costs nothing: tokio's timer has millisecond
+/// ticks, so even a zero sleep would add up to a millisecond per frame with no RTT configured.
+async fn delay_until(at: Instant) {
+    if at > Instant::now() {
+        sleep_until(at).await;
+    }
+}
+
+/// Serves one registry session until it closes, idles out or the registry stops.
+pub(crate) async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    id: u64,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let mut link = Link::start(stream, id, &shared);
+    link.send(Out::Frame(greeting(&shared.cfg.sv_id)));
+    let mut session = Session {
+        id,
+        clid: None,
+        forgotten: false,
+    };
+    while let Some(frame) = next_frame(&mut link, &mut session, &shared, &shutdown).await {
+        if handle(frame, &mut link, &mut session, &shared, &shutdown).await == After::Close {
+            break;
+        }
+    }
+    link.finish().await;
+    if let Some(clid) = session.clid {
+        if let Some(n) = shared.state().sessions.get_mut(&clid) {
+            *n = n.saturating_sub(1);
+        }
+        shared.stats.active_sessions.fetch_sub(1, Ordering::Relaxed);
+        shared.changed.send_replace(());
+    }
+    debug!("mock registry session ended");
+}
+
+/// The next frame once its processing is due, or None when the session is over (closed, idle
+/// timeout without `idle_forget`, registry stopping).
+async fn next_frame(
+    link: &mut Link,
+    session: &mut Session,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Option<Bytes> {
+    loop {
+        // A forgotten session has nothing left to time out.
+        let idle = if session.forgotten {
+            Duration::from_secs(365 * 86_400)
+        } else {
+            shared.cfg.idle_timeout
+        };
+        let next = tokio::select! {
+            n = timeout(idle, link.inbox.recv()) => n,
+            _ = shutdown.cancelled() => return None,
+        };
+        let Ok(next) = next else {
+            shared.bump(&shared.stats.idle_timeouts);
+            if !shared.cfg.idle_forget {
+                info!("mock registry: closing idle session");
+                return None;
+            }
+            info!("mock registry: idle session forgotten");
+            session.forgotten = true;
+            continue;
+        };
+        let (arrives, frame) = next?;
+        // Processing is serial: it starts when the frame has arrived and the previous one is
+        // done, and takes the processing time. Only a non-zero processing time is waited out
+        // here; otherwise the writer's single wait covers the whole round trip (each timer wait
+        // costs up to a millisecond tick).
+        link.made = arrives.max(Instant::now()) + shared.cfg.latency;
+        if !shared.cfg.latency.is_zero() {
+            delay_until(link.made).await;
+        }
+        return Some(frame);
+    }
+}
+
+/// One frame: its fault (if any) before processing, the processing, its fault after.
+async fn handle(
+    frame: Bytes,
+    link: &mut Link,
+    session: &mut Session,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> After {
+    let sniffed = epp::sniff(&frame);
+    let fault = match &sniffed {
+        Ok(Message::Command(c)) if session.clid.is_some() && c.verb != "logout" => {
+            shared.next_fault()
+        }
+        _ => None,
+    };
+    let cltrid = match &sniffed {
+        Ok(Message::Command(c)) => c.cltrid.clone(),
+        _ => None,
+    };
+    if let Some(fault) = fault {
+        let early = before_processing(fault, cltrid, &frame, link, session, shared, shutdown);
+        if let Some(after) = early.await {
+            return after;
+        }
+    }
+    let (response, after) = answer(&frame, sniffed, session, shared).await;
+    record(shared, session.id, frame, response.clone(), fault);
+    match fault {
+        Some(fault) => after_processing(fault, response, after, link, shared, shutdown).await,
+        None => {
+            link.send(Out::Frame(response));
+            link.answered();
+            after
+        }
+    }
+}
+
+/// A command and its answer, in the transcript.
+fn record(shared: &Shared, connection: u64, command: Bytes, response: Bytes, f: Option<Fault>) {
+    shared.state().transcript.push(Exchange {
+        connection,
+        command,
+        response,
+        fault: f.map(|f| f.name()),
+    });
+    shared.bump(&shared.stats.commands);
+}
+
+/// A fault that strikes before the command is processed. Some(after) when the command is not
+/// processed at all.
+async fn before_processing(
+    fault: Fault,
+    cltrid: Option<String>,
+    frame: &Bytes,
+    link: &mut Link,
+    session: &mut Session,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Option<After> {
+    let answer_unprocessed = |code: u16, msg: &str, cltrid: Option<&str>| {
+        let response = epp::response(code, msg, cltrid, &shared.svtrid());
+        link.send(Out::Frame(response.clone()));
+        response
+    };
+    match fault {
+        Fault::DropBeforeExecute => Some(After::Close),
+        Fault::NotLoggedIn => {
+            session.forgotten = true;
+            None
+        }
+        Fault::Delay(d) => {
+            sleep(d).await;
+            None
+        }
+        Fault::StopReading => {
+            link.mute.cancel();
+            tokio::select! {
+                _ = sleep(shared.cfg.idle_timeout) => {}
+                _ = shutdown.cancelled() => {}
+            }
+            Some(After::Close)
+        }
+        Fault::NoClTrid | Fault::UseError => {
+            let response = if fault == Fault::NoClTrid {
+                answer_unprocessed(2001, "Command syntax error", None)
+            } else {
+                answer_unprocessed(2002, "Command use error", cltrid.as_deref())
+            };
+            record(shared, session.id, frame.clone(), response, Some(fault));
+            link.answered();
+            Some(After::Continue)
+        }
+        Fault::Close2500 => {
+            let msg = "Command failed; server closing connection";
+            answer_unprocessed(2500, msg, cltrid.as_deref());
+            Some(After::Close)
+        }
+        Fault::EndSession => {
+            let msg = "Command completed successfully; ending session";
+            answer_unprocessed(1500, msg, cltrid.as_deref());
+            session.forgotten = true;
+            link.answered();
+            Some(After::Continue)
+        }
+        _ => None,
+    }
+}
+
+/// A fault that strikes after the command was processed, on its answer.
+async fn after_processing(
+    fault: Fault,
+    response: Bytes,
+    after: After,
+    link: &mut Link,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> After {
+    match fault {
+        Fault::DropAfterExecute => return After::Close,
+        Fault::OversizeResponse | Fault::StallMidFrame => {
+            let raw = if fault == Fault::OversizeResponse {
+                let mut raw = (64u32 << 20).to_be_bytes().to_vec();
+                raw.extend_from_slice(&response);
+                raw
+            } else {
+                let wire = encode_frame(&response);
+                wire[..wire.len() / 2].to_vec()
+            };
+            link.send(Out::Raw(raw));
+            // Silent until the peer gives up or the registry stops.
+            tokio::select! {
+                _ = async { while link.inbox.recv().await.is_some() {} } => {}
+                _ = shutdown.cancelled() => {}
+            }
+            return After::Close;
+        }
+        Fault::MalformedResponse => {
+            let broken =
+                b"<epp xmlns=\"urn:ietf:params:xml:ns:epp-1.0\"><response><result code=\"1000\">";
+            link.send(Out::Frame(Bytes::from_static(broken)));
+            return After::Continue;
+        }
+        Fault::AnswerTwice(delay) => {
+            link.send(Out::Frame(response.clone()));
+            link.send_after(delay, Out::Frame(response));
+        }
+        _ => link.send(Out::Frame(response)),
+    }
+    link.answered();
+    if after == After::Continue && fault == Fault::Unsolicited {
+        let extra = epp::response(1000, "Unsolicited", None, &shared.svtrid());
+        link.send(Out::Frame(extra));
+    }
+    after
+}

@@ -1,0 +1,188 @@
+//! The accounts of one registry: `[[account]]` tables and the single `--clid` account, their
+//! passwords, local credentials and session options (each unset one taken from the registry's).
+
+use std::time::Duration;
+
+use super::options::{AccountOptions, RegistryOptions, SessionOptions};
+use super::validate::{fingerprints, read_secret_file, At};
+use super::{
+    AccountConfig, ConfigError, EnvSecrets, LocalLogin, ServerTls, SessionLifecycle,
+    SUSPECT_2002_AFTER,
+};
+use crate::secret::Secret;
+
+pub(super) fn accounts(
+    o: &RegistryOptions,
+    at: &At<'_>,
+    env: &EnvSecrets,
+    tls: Option<&ServerTls>,
+) -> Result<Vec<AccountConfig>, ConfigError> {
+    let mut accounts = Vec::new();
+    for (i, acc) in o.accounts.iter().enumerate() {
+        let inner = at.within(
+            &["account".into(), i.to_string()],
+            format!("account {}", acc.clid),
+        );
+        accounts.push(account(acc, o, &inner)?);
+    }
+    if let Some(clid) = &o.clid {
+        let password = match (at.file("password_file", &o.password_file), &env.password) {
+            (Some(path), _) => read_secret_file(at, "password_file", &path)?,
+            (None, Some(p)) => p.clone(),
+            (None, None) => {
+                return Err(at.invalid(
+                    "password",
+                    "--clid needs --password-file or EPPMUX_PASSWORD",
+                ))
+            }
+        };
+        let single = AccountOptions {
+            clid: clid.clone(),
+            ..AccountOptions::default()
+        };
+        let mut acc = account_with(&single, password, o, at)?;
+        acc.local = LocalLogin::default();
+        accounts.push(acc);
+    }
+    if accounts.is_empty() {
+        return Err(at.invalid(
+            "clid",
+            "no registrar account: set --clid or add [[account]] tables to the file",
+        ));
+    }
+    for (i, acc) in accounts.iter().enumerate() {
+        if accounts[..i].iter().any(|a| a.clid == acc.clid) {
+            return Err(at.invalid("clid", format!("account {} is configured twice", acc.clid)));
+        }
+        if accounts[..i]
+            .iter()
+            .any(|a| a.local_clid() == acc.local_clid())
+        {
+            return Err(at.invalid(
+                "local_clid",
+                format!(
+                    "local clID {} is used by two accounts: a local login must name one",
+                    acc.local_clid()
+                ),
+            ));
+        }
+        if !acc.local.client_certs.is_empty() && tls.is_none_or(|t| t.client_ca.is_none()) {
+            return Err(at.invalid(
+                "local_client_certs",
+                "needs tls_client_ca (client certificates are only asked for then)",
+            ));
+        }
+    }
+    Ok(accounts)
+}
+
+/// One `[[account]]` table, its unset options taken from its registry's.
+pub(super) fn account(
+    acc: &AccountOptions,
+    r: &RegistryOptions,
+    at: &At<'_>,
+) -> Result<AccountConfig, ConfigError> {
+    let password = match (&acc.password, at.file("password_file", &acc.password_file)) {
+        (Some(_), Some(_)) => {
+            return Err(at.invalid("password", "set password or password_file, not both"))
+        }
+        (Some(p), None) => p.clone(),
+        (None, Some(path)) => read_secret_file(at, "password_file", &path)?,
+        (None, None) => return Err(at.invalid("password", "password or password_file is required")),
+    };
+    let mut out = account_with(acc, password, r, at)?;
+    out.local = LocalLogin {
+        clid: acc.local_clid.clone(),
+        password: match (
+            &acc.local_password,
+            at.file("local_password_file", &acc.local_password_file),
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(at.invalid(
+                    "local_password",
+                    "set local_password or local_password_file, not both",
+                ))
+            }
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(path)) => Some(read_secret_file(at, "local_password_file", &path)?),
+            (None, None) => None,
+        },
+        client_certs: fingerprints(at, "local_client_certs", acc.local_client_certs.as_deref())?,
+    };
+    Ok(out)
+}
+
+fn account_with(
+    acc: &AccountOptions,
+    password: Secret,
+    r: &RegistryOptions,
+    at: &At<'_>,
+) -> Result<AccountConfig, ConfigError> {
+    if acc.clid.is_empty() {
+        return Err(at.invalid("clid", "must not be empty"));
+    }
+    if password.is_empty() {
+        return Err(at.invalid("password", "the password is empty"));
+    }
+    let pool_min = at.required("pool_min", &acc.pool_min.or(r.pool_min))?;
+    let pool_max = at.at_least("pool_max", &acc.pool_max.or(r.pool_max), 1)?;
+    if pool_min > pool_max {
+        return Err(at.invalid(
+            "pool_min",
+            format!("pool_min ({pool_min}) exceeds pool_max ({pool_max})"),
+        ));
+    }
+    let s = SessionOptions::or(&acc.session, &r.session);
+    let keepalive = at.required("keepalive", &s.keepalive)?;
+    let lifecycle = SessionLifecycle {
+        keepalive: (!keepalive.is_zero()).then_some(keepalive),
+        max_age: s.max_session_age,
+        max_commands: s.max_session_commands,
+        pipeline_depth: at.required("pipeline_depth", &s.pipeline_depth)?,
+        suspect_2002_after: SUSPECT_2002_AFTER,
+    };
+    if lifecycle.max_commands == Some(0) || lifecycle.max_age == Some(Duration::ZERO) {
+        return Err(at.invalid("max_session_commands", "session limits must be above zero"));
+    }
+    if !(1..=64).contains(&lifecycle.pipeline_depth) {
+        return Err(at.invalid("pipeline_depth", "must be between 1 and 64"));
+    }
+    if s.max_logins_per_minute == Some(0) {
+        return Err(at.invalid("max_logins_per_minute", "must be at least 1"));
+    }
+    if s.max_commands_per_second
+        .is_some_and(|r| !(r.is_finite() && r > 0.0))
+    {
+        return Err(at.invalid("max_commands_per_second", "must be a number above zero"));
+    }
+    Ok(AccountConfig {
+        clid: acc.clid.clone(),
+        password,
+        pool_min,
+        pool_max,
+        obj_uris: acc.obj_uris.clone(),
+        ext_uris: acc.ext_uris.clone(),
+        lifecycle,
+        max_logins_per_minute: s.max_logins_per_minute,
+        max_commands_per_second: s.max_commands_per_second,
+        local: LocalLogin::default(),
+    })
+}
+
+impl SessionOptions {
+    /// `own`'s options, each unset one taken from `inherited`.
+    fn or(own: &SessionOptions, inherited: &SessionOptions) -> SessionOptions {
+        SessionOptions {
+            keepalive: own.keepalive.or(inherited.keepalive),
+            max_session_age: own.max_session_age.or(inherited.max_session_age),
+            max_session_commands: own.max_session_commands.or(inherited.max_session_commands),
+            pipeline_depth: own.pipeline_depth.or(inherited.pipeline_depth),
+            max_logins_per_minute: own
+                .max_logins_per_minute
+                .or(inherited.max_logins_per_minute),
+            max_commands_per_second: own
+                .max_commands_per_second
+                .or(inherited.max_commands_per_second),
+        }
+    }
+}
