@@ -1,6 +1,10 @@
 //! The command line: `eppmux [run]` with the options of [`crate::config::options`], and the other
 //! subcommands (`check`, `demo`, `mock-registry`, `healthcheck`, `ca-bundle`).
 
+// The doc comments here are `--help` text first: they name TOML tables as `[[account]]` and
+// EPP elements as `<hello>`, which rustdoc would read as links and HTML.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -116,6 +116,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts a configuration reload (SIGHUP), applied or refused.
+    pub fn count_reload(&self, applied: bool) {
+        let result = if applied { "ok" } else { "failed" };
+        self.reloads.get_or_create(&OutcomeLabel { result }).inc();
+    }
+
     /// Long because: one registration per metric, each with its help text; split, the list of
     /// what eppmux exports would only be scattered.
     pub fn new() -> Metrics {

@@ -3,7 +3,7 @@
 //! Errors name the file (or environment variable) that is wrong, so a bad path, a key that does
 //! not match its certificate or a wrong passphrase stops eppmux at start with a message an
 //! operator can act on. Certificates and keys arrive as [`PemSource`]/[`KeySource`] (a file or an
-//! `EPPMUX_*_PEM` variable; keys possibly encrypted, see [`crate::keys`]); plain paths convert.
+//! `EPPMUX_*_PEM` variable; keys possibly encrypted, see the `keys` module); plain paths convert.
 
 use std::path::Path;
 use std::sync::Arc;

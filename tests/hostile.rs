@@ -364,8 +364,8 @@ async fn local_client_certificates_can_be_pinned_by_fingerprint() {
         .unwrap()
         .remove(0);
     for (allowed, expect_ok) in [
-        (eppmux::access::fingerprint(&client_der), true),
-        (eppmux::access::fingerprint(&server_der), false),
+        (eppmux::fingerprint(&client_der), true),
+        (eppmux::fingerprint(&server_der), false),
     ] {
         let h = Harness::start(MockConfig::default(), |cfg| {
             let tls = cfg.registries[0].tls.as_mut().unwrap();
@@ -512,7 +512,7 @@ async fn local_credentials_keep_the_registry_password_away_from_applications() {
         let local = &mut cfg.registries[0].accounts[0].local;
         local.clid = Some("app1".into());
         local.password = Some(eppmux::secret::Secret::new("app-local-pw"));
-        local.client_certs = vec![eppmux::access::fingerprint(&client_der)];
+        local.client_certs = vec![eppmux::fingerprint(&client_der)];
     })
     .await;
     let tls = h.proxy.tls_addr.unwrap();

@@ -193,7 +193,7 @@ async fn healthz_readyz_and_status() {
     let probe = tokio::net::TcpListener::bind(loopback()).await.unwrap();
     let registry = probe.local_addr().unwrap();
     drop(probe);
-    let proxy = eppmux::proxy::Proxy::start(
+    let proxy = eppmux::Proxy::start(
         &proxy_config(registry),
         tokio_util::sync::CancellationToken::new(),
     )
@@ -288,7 +288,7 @@ async fn check_and_healthcheck_commands() {
         .await
         .unwrap();
     assert!(!out.status.success());
-    let proxy = eppmux::proxy::Proxy::start(
+    let proxy = eppmux::Proxy::start(
         &proxy_config(mock.addr),
         tokio_util::sync::CancellationToken::new(),
     )

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use eppmux::epp::{self, Message};
-use eppmux::proxy::Proxy;
+use eppmux::Proxy;
 use eppmux_mock::MockConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::*;
 use eppmux::config::{Config, EnvSecrets, Explicit};
-use eppmux::proxy::Proxy;
+use eppmux::Proxy;
 use eppmux_mock::{MockConfig, MockRegistry};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;

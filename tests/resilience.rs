@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use eppmux::epp::{self, Message};
-use eppmux::proxy::Proxy;
+use eppmux::Proxy;
 use eppmux_mock::{Fault, MockConfig, MockRegistry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

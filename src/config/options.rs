@@ -9,6 +9,10 @@
 //! `[[registry]]` tables name several), and [`SessionOptions`], which accounts may override.
 //! Accounts ([`AccountOptions`]) and named registries are file-only.
 
+// The doc comments here are `--help` text first: they name TOML tables as `[[account]]` and
+// EPP elements as `<hello>`, which rustdoc would read as links and HTML.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

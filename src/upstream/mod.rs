@@ -17,7 +17,7 @@ use tokio_rustls::TlsConnector;
 use crate::config::UpstreamConfig;
 use crate::tls::TlsError;
 
-pub use session::{OpenTimings, Session};
+pub use session::Session;
 
 /// What every session of every account shares: where the registry is and how to reach it.
 pub struct UpstreamTarget {

@@ -5,6 +5,8 @@
 //! With `--pid` it also reads that process's CPU time and memory (the proxy under test), and with
 //! `--idle-clients` it holds that many extra logged-in connections open during the run.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use eppmux::config::{AccountConfig, LogFormat, RegistryConfig};
-use eppmux::upstream::{Session, UpstreamTarget};
+use eppmux::{UpstreamSession as Session, UpstreamTarget};
 
 use crate::{init_logging, Invocation};
 

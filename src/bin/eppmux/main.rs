@@ -1,6 +1,8 @@
 //! The `eppmux` binary: parses the command line and runs a subcommand: the proxy (`run.rs`),
 //! `check` (`check.rs`), `demo` and `mock-registry` (`demo.rs`), `healthcheck`, `ca-bundle`.
 
+#![forbid(unsafe_code)]
+
 mod check;
 mod demo;
 mod run;

@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use eppmux::config::Config;
-use eppmux::proxy::Proxy;
+use eppmux::Proxy;
 
 use crate::{init_logging, Invocation};
 
@@ -64,24 +64,17 @@ pub async fn serve(cfg: Config, invocation: Option<Invocation>) -> Result<()> {
 /// SIGHUP: read the configuration again and apply what can change without a restart (pool
 /// sizes). An invalid configuration is refused and the running one kept.
 fn reload(invocation: &Invocation, running: &Config, proxy: &Proxy) {
-    let count = |result| {
-        proxy
-            .metrics
-            .reloads
-            .get_or_create(&eppmux::metrics::OutcomeLabel { result })
-            .inc();
-    };
     let new = match invocation.load() {
         Ok(cfg) => cfg,
         Err(e) => {
-            count("failed");
+            proxy.metrics.count_reload(false);
             return warn!(
                 error = format!("{e:#}"),
                 "SIGHUP: configuration refused; keeping the running one"
             );
         }
     };
-    count("ok");
+    proxy.metrics.count_reload(true);
     for r in &new.registries {
         for acc in &r.accounts {
             let pool = proxy

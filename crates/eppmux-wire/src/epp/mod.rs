@@ -117,7 +117,7 @@ impl Command {
     /// The command's name from a fixed set, for metric labels and log fields: a known verb with
     /// `domain`, `host`, `contact` or `other` (any other object namespace) for object commands,
     /// the bare verb for `login`, `logout`, `poll` and `extension`, and `other` for anything else.
-    /// Unlike [`display_name`](Self::display_name), nothing of it comes from the client.
+    /// Nothing of it comes from the client: a label or field cannot be forged or multiplied.
     pub fn metric_name(&self) -> &'static str {
         #[rustfmt::skip]
         const OBJECT_COMMANDS: [(&str, [&str; 4]); 7] = [
