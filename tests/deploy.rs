@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use eppmux::mock_registry::{Fault, MockConfig};
+use eppmux_mock::{Fault, MockConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -347,10 +347,10 @@ fn mismatches(queries: &[(String, String)], scrape: &BTreeMap<String, Series>) -
 
 async fn scrape_after_a_workload() -> String {
     let h = Harness::start(MockConfig::default(), |cfg| {
-        cfg.accounts[0].pool_min = 1;
-        cfg.accounts[0].pool_max = 1;
-        cfg.accounts[0].lifecycle.keepalive = Some(Duration::from_millis(50));
-        cfg.queue_max = 1;
+        cfg.registries[0].accounts[0].pool_min = 1;
+        cfg.registries[0].accounts[0].pool_max = 1;
+        cfg.registries[0].accounts[0].lifecycle.keepalive = Some(Duration::from_millis(50));
+        cfg.registries[0].queue_max = 1;
     })
     .await;
     h.mock
