@@ -17,6 +17,7 @@
 
 mod access;
 pub mod admin;
+pub mod audit;
 pub mod cli;
 mod client_session;
 pub mod config;

@@ -67,6 +67,15 @@ impl ClientContext {
         }
     }
 
+    /// Who a client is, for its audit events.
+    pub(super) fn audit_client(&self, peer: &super::Peer) -> crate::audit::Client<'_> {
+        crate::audit::Client {
+            registry: &self.registry,
+            conn: peer.conn,
+            peer: peer.ip,
+        }
+    }
+
     /// Finds the account these local credentials belong to. Every account is compared, each in
     /// constant time, so the answer time says nothing about which part was wrong. A client
     /// certificate listed for an account stands in for its password.

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::access::Admission;
+use crate::audit;
 use crate::epp::{self, code, Command, Message};
 use crate::frame::{ClientCodec, FrameError, Incoming};
 use crate::metrics::CommandLabel;
@@ -263,12 +264,15 @@ where
                 let msg = "Command use error: log in first";
                 Answer::Reply(ctx.shared.answer(code::USE_ERROR, msg, cltrid))
             }
-            (State::LoggedIn { .. }, "logout") => {
+            (State::LoggedIn { account }, "logout") => {
                 info!("client logged out");
+                let clid = &account.config.clid;
+                let client = ctx.audit_client(&self.peer);
+                audit::session(&client, audit::Session::LoggedOut, clid, Some(clid));
                 let msg = "Command completed successfully; ending session";
                 Answer::Last(ctx.shared.answer(code::ENDING_SESSION, msg, cltrid))
             }
-            (State::LoggedIn { account }, _) => forward(frame, &cmd, account, ctx).await,
+            (State::LoggedIn { account }, _) => forward(frame, &cmd, account, ctx, &self.peer).await,
         }
     }
 
@@ -281,7 +285,7 @@ where
         let clid = shown(&login.clid);
         if login.has_new_pw {
             warn!(%clid, "refusing login with newPW: password changes are not made through eppmux");
-            let msg = "Unimplemented option: password change (newPW) is not done through eppmux";
+            let msg = "Unimplemented option: eppmux shares this account's registry sessions among all its clients, so one client cannot change the password; the operator sets new_password in eppmux's configuration";
             return Answer::Reply(ctx.shared.answer(code::UNIMPLEMENTED_OPTION, msg, cltrid));
         }
         let ip = self.peer.ip;
@@ -299,11 +303,16 @@ where
             }
             Admission::Refused => {
                 warn!(%clid, source = %ip, "closing: too many login attempts from this host for this clID");
+                let client = ctx.audit_client(&self.peer);
+                audit::session(&client, audit::Session::RefusedClosing, &login.clid, None);
                 return self.auth_closing(cltrid);
             }
         }
         if let Some(account) = ctx.authenticate(&login.clid, &login.pw, self.peer.cert.as_deref()) {
             info!(%clid, account = %account.config.clid, "client logged in");
+            let client = ctx.audit_client(&self.peer);
+            let acc = Some(account.config.clid.as_str());
+            audit::session(&client, audit::Session::LoggedIn, &login.clid, acc);
             self.state = State::LoggedIn { account };
             ctx.shared.leave_pre_login(self.peer.conn);
             self.framed
@@ -323,11 +332,14 @@ where
             return Answer::Close;
         };
         *failures += 1;
+        let client = ctx.audit_client(&self.peer);
         if *failures >= ctx.shared.limits.max_login_failures {
             warn!(%clid, failures = *failures, "closing: too many failed logins on this connection");
+            audit::session(&client, audit::Session::RefusedClosing, &login.clid, None);
             return self.auth_closing(cltrid);
         }
         warn!(%clid, failures = *failures, "client login refused: wrong clID or password");
+        audit::session(&client, audit::Session::Refused, &login.clid, None);
         Answer::Reply(
             ctx.shared
                 .answer(code::AUTHENTICATION_ERROR, "Authentication error", cltrid),
@@ -362,7 +374,13 @@ async fn wait_for_greeting(ctx: &ClientContext) -> Option<Bytes> {
     }
 }
 
-async fn forward(frame: &Bytes, cmd: &Command, account: &Account, ctx: &ClientContext) -> Answer {
+async fn forward(
+    frame: &Bytes,
+    cmd: &Command,
+    account: &Account,
+    ctx: &ClientContext,
+    peer: &Peer,
+) -> Answer {
     let started = Instant::now();
     let cltrid = cmd.cltrid.as_deref();
     let clid = &account.config.clid;
@@ -370,18 +388,38 @@ async fn forward(frame: &Bytes, cmd: &Command, account: &Account, ctx: &ClientCo
     let name = cmd.metric_name();
     let result = account
         .pool
-        .forward(frame.clone(), cltrid, cmd.is_query(), ctx.queue_wait)
+        .forward(frame.clone(), cltrid, cmd.is_query(), ctx.queue_wait())
         .await;
+    let audit = |outcome| {
+        audit::command(&audit::CommandEvent {
+            client: ctx.audit_client(peer),
+            account: clid,
+            command: name,
+            objects: &cmd.objects,
+            cltrid,
+            outcome,
+            latency: started.elapsed(),
+        })
+    };
     let reply = match result {
         Ok(reply) => reply,
         Err(PoolError::Lost(e)) => {
+            audit(audit::Outcome::Lost);
             // The registry may have executed it: only the client can decide whether to retry, and a
             // dropped connection is the signal it already handles for a registry that vanishes.
             warn!(command = name, cltrid = %shown(cltrid.unwrap_or("")), reason = %e, "response lost; closing the client connection without replaying the command");
             return Answer::Close;
         }
-        Err(e) => return refused(&e, name, cltrid, ctx),
+        Err(e) => {
+            audit(audit::Outcome::NotSent);
+            return refused(&e, name, cltrid, ctx);
+        }
     };
+    audit(audit::Outcome::Answered {
+        code: reply.code,
+        svtrid: reply.svtrid.as_deref(),
+        session: reply.session,
+    });
     let elapsed = started.elapsed();
     ctx.shared
         .metrics
@@ -398,7 +436,7 @@ async fn forward(frame: &Bytes, cmd: &Command, account: &Account, ctx: &ClientCo
         .command_duration
         .get_or_create(&crate::metrics::account(&ctx.registry, clid))
         .observe(elapsed.as_secs_f64());
-    info!(
+    debug!(
         command = name,
         cltrid = %shown(cltrid.unwrap_or("")),
         result_code = reply.code,

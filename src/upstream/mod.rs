@@ -99,4 +99,8 @@ pub struct Reply {
     pub frame: Bytes,
     pub code: u16,
     pub msg: String,
+    /// The registry's transaction id: what its support desk keys every answer by (audit trail).
+    pub svtrid: Option<String>,
+    /// The upstream session that carried the command (audit trail).
+    pub session: u64,
 }

@@ -341,7 +341,8 @@ impl<O: Owner> Live<O> {
         }
     }
 
-    fn on_answer(&mut self, reply: Reply) -> Option<End> {
+    fn on_answer(&mut self, mut reply: Reply) -> Option<End> {
+        reply.session = self.id;
         let now = Instant::now();
         self.last_answer = now;
         self.last_activity = now;

@@ -100,6 +100,10 @@ pub struct Command {
     /// The `op` attribute of `<poll>` (req, ack) or `<transfer>` (query, request, …).
     pub op: Option<String>,
     pub login: Option<Login>,
+    /// The identifiers of the objects it names, in order (`<domain:name>`, `<host:name>`,
+    /// `<contact:id>` directly under the object element), for the audit trail. Never anything
+    /// from inside authInfo: those are not identifiers.
+    pub objects: Vec<String>,
 }
 
 impl Command {
