@@ -40,6 +40,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Where the audit events also go, as JSON lines (relative to the file it was named in).
+    pub audit_log: Option<PathBuf>,
 }
 
 /// One registry: where its clients connect, how to reach it, its accounts and how commands wait.

@@ -160,6 +160,11 @@ pub struct ProcessOptions {
     )]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
+    /// Also write the audit events (one per command, login and logout) as JSON lines to this
+    /// file; reopened on SIGHUP, for logrotate.
+    #[arg(long, env = "EPPMUX_AUDIT_LOG", value_name = "FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize, Default)]

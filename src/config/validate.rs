@@ -162,6 +162,7 @@ pub(super) fn config(resolved: &Resolved, env: &EnvSecrets) -> Result<Config, Co
         shutdown_timeout: at.required("shutdown_timeout", &p.shutdown_timeout)?,
         log_format: at.required("log_format", &p.log_format)?,
         log_level: at.required("log_level", &p.log_level)?,
+        audit_log: at.file("audit_log", &p.audit_log),
     })
 }
 
