@@ -388,7 +388,7 @@ async fn forward(
     let name = cmd.metric_name();
     let result = account
         .pool
-        .forward(frame.clone(), cltrid, cmd.is_query(), ctx.queue_wait())
+        .forward(frame.clone(), cltrid, cmd.is_query(), ctx.queue_wait)
         .await;
     let audit = |outcome| {
         audit::command(&audit::CommandEvent {
