@@ -21,7 +21,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use crate::shown::MAX_CHARS;
 
 /// The `tracing` target of every audit event.
-pub const TARGET: &str = "audit";
+pub const TARGET: &str = "eppmux::audit";
 
 /// More objects than this in one command are counted, not listed (a `<check>` of a few hundred
 /// names would otherwise make one huge line).
@@ -70,9 +70,19 @@ pub fn command(e: &CommandEvent<'_>) {
             code,
             svtrid,
             session,
-        } => ("answered", Some(*code), svtrid.map(crate::shown::shown), Some(*session)),
+        } => (
+            "answered",
+            Some(*code),
+            svtrid.map(crate::shown::shown),
+            Some(*session),
+        ),
         Outcome::Lost => ("lost", None, None, None),
-        Outcome::NotSent => ("not_sent", Some(crate::epp::code::COMMAND_FAILED), None, None),
+        Outcome::NotSent => (
+            "not_sent",
+            Some(crate::epp::code::COMMAND_FAILED),
+            None,
+            None,
+        ),
     };
     info!(
         target: TARGET,
@@ -241,12 +251,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let file = AuditFile::open(Some(&path)).unwrap();
-        write!(file.make_writer(), "one\n").unwrap();
+        writeln!(file.make_writer(), "one").unwrap();
         let rotated = dir.path().join("audit.jsonl.1");
         std::fs::rename(&path, &rotated).unwrap();
-        write!(file.make_writer(), "two\n").unwrap();
+        writeln!(file.make_writer(), "two").unwrap();
         file.reopen(Some(&path)).unwrap();
-        write!(file.make_writer(), "three\n").unwrap();
+        writeln!(file.make_writer(), "three").unwrap();
         assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "one\ntwo\n");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "three\n");
     }

@@ -503,7 +503,7 @@ async fn shutdown_logs_out_upstream_sessions() {
         c.command(&domain_cmd("check", "a.gov", "A")).await.code,
         1000
     );
-    h.proxy.pools[0].wait_for(|s| s.live == 2).await;
+    h.proxy.pools()[0].wait_for(|s| s.live == 2).await;
     let Harness { mock, proxy } = h;
     proxy.shutdown().await;
     c.expect_closed().await;

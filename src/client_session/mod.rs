@@ -30,7 +30,7 @@ use crate::shown::shown;
 
 mod context;
 
-pub use context::{Account, ClientContext, ClientShared};
+pub use context::{Account, ClientContext, ClientShared, RegistryLive};
 
 /// Where a connection comes from.
 #[derive(Debug, Clone)]
@@ -55,9 +55,15 @@ enum Answer {
     Close,
 }
 
-enum State<'a> {
-    Greeted { failures: u32 },
-    LoggedIn { account: &'a Account },
+enum State {
+    Greeted {
+        failures: u32,
+    },
+    /// The account it logged in as, kept for the life of the connection: a reload that changes
+    /// passwords or removes the account does not log it out (a removed account's pool refuses).
+    LoggedIn {
+        account: Account,
+    },
 }
 
 /// One client connection being served.
@@ -65,7 +71,7 @@ struct Conn<'a, S> {
     framed: Framed<S, ClientCodec>,
     peer: Peer,
     ctx: &'a ClientContext,
-    state: State<'a>,
+    state: State,
     /// Cancelled to evict this connection while it has not logged in.
     evict: CancellationToken,
     login_deadline: Instant,
@@ -81,13 +87,13 @@ where
     let mut conn = Conn {
         framed: Framed::new(
             stream,
-            ClientCodec::new(ctx.shared.limits.pre_login_max_frame()),
+            ClientCodec::new(ctx.shared.limits().pre_login_max_frame()),
         ),
         peer,
         ctx,
         state: State::Greeted { failures: 0 },
         evict,
-        login_deadline: Instant::now() + ctx.shared.limits.login_timeout,
+        login_deadline: Instant::now() + ctx.shared.limits().login_timeout,
     };
     conn.run().await;
     ctx.shared.leave_pre_login(conn_id);
@@ -102,14 +108,14 @@ where
 {
     async fn run(&mut self) {
         let Some(greeting) = wait_for_greeting(self.ctx).await else {
-            info!(waited = ?self.ctx.greeting_wait, "closing: no registry greeting yet (is the registry reachable?)");
+            info!(waited = ?self.ctx.live().greeting_wait, "closing: no registry greeting yet (is the registry reachable?)");
             return;
         };
         if let Err(e) = self.send(greeting).await {
             debug!(error = %e, "client went away before the greeting");
             return;
         }
-        let limits = self.ctx.shared.limits;
+        let limits = self.ctx.shared.limits();
         // Between frames the idle timeout (and the login deadline) runs; within a frame, the
         // frame timeout.
         let mut frame_deadline = None;
@@ -158,7 +164,7 @@ where
     }
 
     fn timed_out(&self, mid_frame: bool, logged_in: bool) {
-        let limits = self.ctx.shared.limits;
+        let limits = self.ctx.shared.limits();
         if mid_frame {
             self.ctx.shared.reject("frame_timeout");
             warn!(timeout = ?limits.frame_timeout, "closing: frame not completed in time (slow or stalled client)");
@@ -272,7 +278,9 @@ where
                 let msg = "Command completed successfully; ending session";
                 Answer::Last(ctx.shared.answer(code::ENDING_SESSION, msg, cltrid))
             }
-            (State::LoggedIn { account }, _) => forward(frame, &cmd, account, ctx, &self.peer).await,
+            (State::LoggedIn { account }, _) => {
+                forward(frame, &cmd, account, ctx, &self.peer).await
+            }
         }
     }
 
@@ -285,7 +293,7 @@ where
         let clid = shown(&login.clid);
         if login.has_new_pw {
             warn!(%clid, "refusing login with newPW: password changes are not made through eppmux");
-            let msg = "Unimplemented option: eppmux shares this account's registry sessions among all its clients, so one client cannot change the password; the operator sets new_password in eppmux's configuration";
+            let msg = "Unimplemented option: newPW: eppmux shares this account's registry sessions among all its clients, so one client cannot change the password; the operator sets new_password in eppmux's configuration";
             return Answer::Reply(ctx.shared.answer(code::UNIMPLEMENTED_OPTION, msg, cltrid));
         }
         let ip = self.peer.ip;
@@ -317,7 +325,7 @@ where
             ctx.shared.leave_pre_login(self.peer.conn);
             self.framed
                 .codec_mut()
-                .set_max_frame(ctx.shared.limits.max_frame);
+                .set_max_frame(ctx.shared.limits().max_frame);
             let msg = "Command completed successfully";
             return Answer::Reply(ctx.shared.answer(code::COMPLETED, msg, cltrid));
         }
@@ -333,7 +341,7 @@ where
         };
         *failures += 1;
         let client = ctx.audit_client(&self.peer);
-        if *failures >= ctx.shared.limits.max_login_failures {
+        if *failures >= ctx.shared.limits().max_login_failures {
             warn!(%clid, failures = *failures, "closing: too many failed logins on this connection");
             audit::session(&client, audit::Session::RefusedClosing, &login.clid, None);
             return self.auth_closing(cltrid);
@@ -367,7 +375,7 @@ where
 
 async fn wait_for_greeting(ctx: &ClientContext) -> Option<Bytes> {
     let mut rx = ctx.greeting.clone();
-    let got = timeout(ctx.greeting_wait, rx.wait_for(Option::is_some)).await;
+    let got = timeout(ctx.live().greeting_wait, rx.wait_for(Option::is_some)).await;
     match got {
         Ok(Ok(g)) => g.clone(),
         _ => None,
@@ -388,7 +396,7 @@ async fn forward(
     let name = cmd.metric_name();
     let result = account
         .pool
-        .forward(frame.clone(), cltrid, cmd.is_query(), ctx.queue_wait)
+        .forward(frame.clone(), cltrid, cmd.is_query(), ctx.live().queue_wait)
         .await;
     let audit = |outcome| {
         audit::command(&audit::CommandEvent {

@@ -284,6 +284,7 @@ fn registry(
         queue_max: at.at_least("queue_max", &o.queue_max, 1)?,
         queue_max_bytes,
         session_limit_hold: at.required("session_limit_hold", &o.session_limit_hold)?,
+        rotation_interval: at.required("rotation_interval", &o.rotation_interval)?,
     })
 }
 

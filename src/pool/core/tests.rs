@@ -12,6 +12,7 @@ fn limits(min: usize, max: usize) -> Limits {
         session_limit_hold: Duration::from_secs(300),
         logins_per_minute: Some(6000),
         commands_per_second: None,
+        rotation_interval: Duration::from_secs(2),
     }
 }
 

@@ -157,6 +157,9 @@ pub struct Login {
     pub clid: String,
     pub pw: Secret,
     pub has_new_pw: bool,
+    /// The `<newPW>` value: eppmux refuses a client's password change, the mock registry makes
+    /// it.
+    pub new_pw: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

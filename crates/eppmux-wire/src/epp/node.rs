@@ -9,6 +9,7 @@ pub(super) enum Field {
     SvTrid,
     ClId,
     Pw,
+    NewPw,
     ResultMsg,
     SvId,
     SvDate,

@@ -363,7 +363,10 @@ impl<'a> Sniffer<'a> {
                 self.capture = Some((Field::Pw, String::new()));
                 &mut self.seen_pw
             }
-            "newPW" => &mut self.new_pw,
+            "newPW" => {
+                self.capture = Some((Field::NewPw, String::new()));
+                &mut self.new_pw
+            }
             _ => return Ok(Node::Opaque),
         };
         if std::mem::replace(seen, true) {
@@ -560,6 +563,9 @@ impl<'a> Sniffer<'a> {
             Field::SvTrid => self.resp.svtrid = Some(value),
             Field::ClId => self.cmd.login.get_or_insert_with(Login::default).clid = value,
             Field::Pw => self.cmd.login.get_or_insert_with(Login::default).pw = Secret::new(value),
+            Field::NewPw => {
+                self.cmd.login.get_or_insert_with(Login::default).new_pw = Some(Secret::new(value))
+            }
             Field::ResultMsg => self.resp.msg = value,
             Field::SvId => self.greeting.sv_id = value,
             Field::SvDate => self.greeting.sv_date = value,

@@ -162,6 +162,7 @@ fn written_messages_sniff_back_and_escape() {
     let l = login(
         "reg&1",
         &Secret::new("p<w"),
+        None,
         &["urn:a".into()],
         &["urn:b".into()],
         "t1",
@@ -796,4 +797,36 @@ fn object_ids_are_only_the_identifiers_directly_under_the_object_element() {
         panic!("not read as a command");
     };
     assert_eq!(c.objects, vec!["sh8013", "sah8013"]);
+}
+
+#[test]
+fn the_login_eppmux_writes_carries_a_new_password_only_when_asked() {
+    let plain = login(
+        "r1",
+        &Secret::new("old"),
+        None,
+        &[DOMAIN_NS.into()],
+        &[],
+        "l-1",
+    );
+    let Ok(Message::Command(c)) = sniff(&plain) else {
+        panic!("unreadable login");
+    };
+    let l = c.login.expect("login fields");
+    assert!(!l.has_new_pw && l.new_pw.is_none());
+    let change = login(
+        "r1",
+        &Secret::new("old"),
+        Some(&Secret::new("n&w<pw")),
+        &[DOMAIN_NS.into()],
+        &[],
+        "l-2",
+    );
+    let Ok(Message::Command(c)) = sniff(&change) else {
+        panic!("unreadable login");
+    };
+    let l = c.login.expect("login fields");
+    assert!(l.pw.ct_eq("old"));
+    assert!(l.has_new_pw);
+    assert!(l.new_pw.expect("newPW").ct_eq("n&w<pw"));
 }
