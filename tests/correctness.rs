@@ -493,6 +493,7 @@ async fn shutdown_does_not_wait_for_a_client_that_stopped_reading() {
             Box::new(tcp) as Box<dyn Io>,
             eppmux::frame::EppCodec::new(BIG),
         ),
+        server_cert: None,
     };
     c.greeting().await;
     assert_eq!(c.command(&login_xml(CLID, PASSWORD, "L")).await.code, 1000);

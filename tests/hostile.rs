@@ -273,6 +273,7 @@ async fn a_guesser_is_slowed_and_every_loopback_address_counts_as_one_host() {
                 Box::new(tcp) as Box<dyn Io>,
                 eppmux::frame::EppCodec::default(),
             ),
+            server_cert: None,
         };
         c.greeting().await;
         c

@@ -425,6 +425,7 @@ async fn framing_edge_cases_through_the_proxy() {
     raw.set_nodelay(true).unwrap();
     let mut c = Client {
         framed: tokio_util::codec::Framed::new(Box::new(raw), eppmux::frame::EppCodec::default()),
+        server_cert: None,
     };
     c.greeting().await;
     let wire = eppmux::frame::encode_frame(login_xml(CLID, PASSWORD, "SPLIT").as_bytes());

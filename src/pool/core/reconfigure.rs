@@ -95,7 +95,9 @@ impl PoolCore {
     /// # Race window
     /// The spare may fail to open, or log in while the pool shrank: it is then just another
     /// session (or none), and the next step decides afresh. A stale session may end by itself
-    /// meanwhile: fewer left to retire.
+    /// meanwhile: fewer left to retire. A session the pool opened for its own reasons may be
+    /// logging in when a step comes: it is taken as the spare, since opening another would
+    /// overshoot `pool_max` and retiring first would dip below the live count.
     pub(super) fn rotate_step(&mut self, now: Instant, out: &mut Vec<Action>) -> Option<Instant> {
         let mut rotation = self.rotation?;
         if self.closing {
@@ -132,7 +134,20 @@ impl PoolCore {
             }
             // It failed to open (the failure backs off) or ended: try again later.
             Some(None) => rotation.spare = None,
-            None => {}
+            None => {
+                // A fresh session already logging in (the pool grew for its queue, or replaces
+                // one that ended) stands in as the spare: retiring a stale one now would take the
+                // account below its live count until that login lands.
+                let fresh = self
+                    .sessions
+                    .iter()
+                    .find_map(|(id, slot)| matches!(slot, Slot::Opening(false)).then_some(*id));
+                if fresh.is_some() {
+                    rotation.spare = fresh;
+                    self.rotation = Some(rotation);
+                    return None;
+                }
+            }
         }
         self.rotation = Some(rotation);
         if now < rotation.next_at {
