@@ -31,6 +31,37 @@ fn free_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// When a certificate expires (seconds since the epoch), read by OpenSSL, not by eppmux.
+fn not_after(pem: &Path) -> i64 {
+    let script = format!(
+        "date -d \"$(openssl x509 -noout -enddate -in '{}' | cut -d= -f2)\" +%s",
+        pem.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// The listener certificate's expiry gauge is the seconds left until `pem` expires.
+fn assert_listener_expiry(metrics: &str, pem: &Path) {
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("eppmux_certificate_expiry_seconds{")
+                && l.contains(r#"certificate="listener""#)
+        })
+        .unwrap_or_else(|| panic!("no listener expiry gauge:\n{metrics}"));
+    let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let want = (not_after(pem) - now) as f64;
+    assert!((value - want).abs() < 120.0, "{line}: want about {want}");
+}
+
 fn cert_fingerprint(pem: &Path) -> String {
     let certs = eppmux::tls::load_certs(pem).unwrap();
     eppmux::fingerprint(&certs[0])
@@ -81,7 +112,7 @@ struct Eppmux {
     child: tokio::process::Child,
     log: LogLines,
     file: PathBuf,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     plain: SocketAddr,
     tls: SocketAddr,
     admin: SocketAddr,
@@ -109,7 +140,7 @@ impl Eppmux {
             child,
             log,
             file,
-            dir,
+            _dir: dir,
             plain,
             tls,
             admin,
@@ -363,6 +394,7 @@ async fn rotating_the_listener_certificate_and_address_keeps_connected_clients_a
             .code,
         1000
     );
+    assert_listener_expiry(&e.get("/metrics").await, &cert("server.pem"));
     let old_plain = e.plain;
     let mut plain_before = Client::plain(old_plain).await;
     plain_before.greeting().await;
@@ -389,6 +421,7 @@ async fn rotating_the_listener_certificate_and_address_keeps_connected_clients_a
             "a client connected before the reload is still served"
         );
     }
+    assert_listener_expiry(&e.get("/metrics").await, &fixture("keys/ec.pem"));
     let mut tls_after = Client::tls(e.tls, None).await;
     assert_eq!(
         tls_after.server_cert,
@@ -494,8 +527,10 @@ async fn sighup_with_a_corrected_password_clears_the_stop_after_repeated_2200s()
     files.password = PASSWORD.into();
     let log = e.reload(&files).await;
     assert!(log.contains("configuration reloaded"), "{log}");
-    mock.wait_until(|m| m.stats().active_sessions.load(Relaxed) >= 1)
-        .await;
+    let logged_in = mock.wait_until(|m| m.stats().active_sessions.load(Relaxed) >= 1);
+    tokio::time::timeout(Duration::from_secs(30), logged_in)
+        .await
+        .expect("the account logs in again after the reload");
     let mut c = Client::plain(e.plain).await;
     c.greeting().await;
     assert_eq!(c.command(&login_xml(CLID, PASSWORD, "L")).await.code, 1000);
@@ -508,5 +543,127 @@ async fn sighup_with_a_corrected_password_clears_the_stop_after_repeated_2200s()
         .unwrap();
     assert_eq!(code, 200, "{body}");
     e.stop().await;
+    mock.shutdown().await;
+}
+
+/// The audit events of a JSON-lines file.
+fn audit_events(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_and_login_leaves_one_audit_event_with_its_fields_and_never_a_secret() {
+    init_tracing();
+    let mock = start_mock(MockConfig::default()).await;
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit = audit_dir.path().join("audit.jsonl");
+    let args = [
+        "--log-format",
+        "json",
+        "--log-level",
+        "trace",
+        "--audit-log",
+    ];
+    let mut args: Vec<&str> = args.to_vec();
+    args.push(audit.to_str().unwrap());
+    let files = Files::default();
+    let mut e = Eppmux::start(mock.addr, &files, &args, "account ready").await;
+
+    let mut c = Client::plain(e.plain).await;
+    c.greeting().await;
+    assert_eq!(
+        c.command(&login_xml(CLID, "Wrong-Pw-77", "BAD")).await.code,
+        2200
+    );
+    assert_eq!(
+        c.command(&login_xml(CLID, PASSWORD, "GOOD")).await.code,
+        1000
+    );
+    let check = r#"<epp xmlns="urn:ietf:params:xml:ns:epp-1.0"><command><check><domain:check xmlns:domain="urn:ietf:params:xml:ns:domain-1.0"><domain:name>a.gov</domain:name><domain:name>b.gov</domain:name><domain:name>c.gov</domain:name></domain:check></check><clTRID>CHECK-3</clTRID></command></epp>"#;
+    let checked = c.command(check).await;
+    assert_eq!(checked.code, 1000);
+    let create = r#"<epp xmlns="urn:ietf:params:xml:ns:epp-1.0"><command><create><domain:create xmlns:domain="urn:ietf:params:xml:ns:domain-1.0"><domain:name>audited.gov</domain:name><domain:authInfo><domain:pw>Auth-Secret-42</domain:pw></domain:authInfo></domain:create></create><clTRID>CREATE-1</clTRID></command></epp>"#;
+    let created = c.command(create).await;
+    assert_eq!(created.code, 1000);
+    assert_eq!(c.command(&logout_xml("OUT")).await.code, 1500);
+
+    // logrotate moves the file away; SIGHUP opens it again at its path.
+    let rotated = audit_dir.path().join("audit.jsonl.1");
+    std::fs::rename(&audit, &rotated).unwrap();
+    let mut log = e.reload(&files).await;
+    let mut c = Client::plain(e.plain).await;
+    c.greeting().await;
+    assert_eq!(
+        c.command(&login_xml(CLID, PASSWORD, "AGAIN")).await.code,
+        1000
+    );
+    let after = c
+        .command(&domain_cmd("check", "after-rotate.gov", "AFTER"))
+        .await;
+    assert_eq!(after.code, 1000);
+    log.push_str(&e.stop().await);
+
+    let before = audit_events(&rotated);
+    let events: Vec<&str> = before
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        ["login_refused", "login", "command", "command", "logout"],
+        "{before:#?}"
+    );
+    for ev in &before {
+        assert_eq!(ev["target"], "eppmux::audit");
+        assert_eq!(ev["peer"], "127.0.0.1");
+        assert!(ev["conn"].as_u64().is_some(), "{ev}");
+    }
+    assert_eq!(before[0]["clid"], CLID);
+    assert_eq!(before[1]["account"], CLID);
+    let check_ev = &before[2];
+    assert_eq!(check_ev["command"], "domain:check");
+    assert_eq!(check_ev["account"], CLID);
+    let objects: Vec<String> = serde_json::from_str(check_ev["objects"].as_str().unwrap()).unwrap();
+    assert_eq!(objects, ["a.gov", "b.gov", "c.gov"]);
+    assert_eq!(check_ev["object_count"], 3);
+    assert_eq!(check_ev["cltrid"], "CHECK-3");
+    assert_eq!(check_ev["svtrid"].as_str(), checked.svtrid.as_deref());
+    assert_eq!(check_ev["outcome"], "answered");
+    assert_eq!(check_ev["code"], 1000);
+    assert!(check_ev["session"].as_u64().is_some(), "{check_ev}");
+    assert!(check_ev["latency_us"].as_u64().is_some(), "{check_ev}");
+    let create_ev = &before[3];
+    assert_eq!(create_ev["command"], "domain:create");
+    assert_eq!(create_ev["objects"], r#"["audited.gov"]"#);
+    assert_eq!(create_ev["svtrid"].as_str(), created.svtrid.as_deref());
+
+    let after_events = audit_events(&audit);
+    let events: Vec<&str> = after_events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["login", "command"], "{after_events:#?}");
+    assert_eq!(after_events[1]["objects"], r#"["after-rotate.gov"]"#);
+    assert_eq!(after_events[1]["svtrid"].as_str(), after.svtrid.as_deref());
+
+    // At trace level, in the log and in both audit files: no password, no authInfo.
+    let everything = [
+        log,
+        std::fs::read_to_string(&rotated).unwrap(),
+        std::fs::read_to_string(&audit).unwrap(),
+    ]
+    .concat();
+    assert!(everything.contains("audited.gov"), "the log was read");
+    assert!(
+        everything.contains(r#""level":"TRACE""#) || everything.contains(r#""level":"DEBUG""#),
+        "the log was at its most verbose"
+    );
+    for secret in [PASSWORD, "Wrong-Pw-77", "Auth-Secret-42"] {
+        assert!(!everything.contains(secret), "{secret} appears");
+    }
     mock.shutdown().await;
 }

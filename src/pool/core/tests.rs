@@ -497,7 +497,10 @@ fn a_fresh_session_already_logging_in_stands_in_as_the_spare() {
     assert_eq!(grown.len(), 1, "{actions:?}");
     let now = t0 + limits(2, 3).rotation_interval;
     let actions = core.tick(now);
-    assert!(opens(&actions).is_empty(), "no room for another: {actions:?}");
+    assert!(
+        opens(&actions).is_empty(),
+        "no room for another: {actions:?}"
+    );
     assert!(
         !core.sessions(now).iter().any(|s| s.retiring),
         "no stale session retires while a fresh one is logging in"
