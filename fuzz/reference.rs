@@ -31,6 +31,8 @@ pub enum Reading {
         cltrid: Option<String>,
         /// For `<login>`: the clID and whether a newPW is present.
         login: Option<(String, bool)>,
+        /// The identifiers of the objects named (for the audit trail).
+        objects: Vec<String>,
     },
     Response {
         code: u16,
@@ -96,6 +98,7 @@ pub fn reading_of(m: &Message) -> Reading {
             op: c.op.clone(),
             cltrid: c.cltrid.clone(),
             login: c.login.as_ref().map(|l| (l.clid.clone(), l.has_new_pw)),
+            objects: c.objects.clone(),
         },
         Message::Response(r) => Reading::Response {
             code: r.code,
@@ -141,6 +144,7 @@ pub fn read(frame: &[u8]) -> Result<Reading, Unreadable> {
             op: None,
             cltrid: None,
             login: None,
+            objects: Vec::new(),
         }),
         _ => Err(Unreadable::Epp("unknown message element")),
     }
@@ -256,6 +260,7 @@ fn command(node: Node) -> Result<Reading, Unreadable> {
     }
     let mut object_ns = None;
     let mut login = None;
+    let mut ids = Vec::new();
     match verb {
         "poll" | "logout" => {}
         "login" => {
@@ -276,6 +281,19 @@ fn command(node: Node) -> Result<Reading, Unreadable> {
                 }
                 _ => return Err(Unreadable::Epp("object element")),
             }
+            let id_name = match object_ns.as_deref() {
+                Some("urn:ietf:params:xml:ns:domain-1.0" | "urn:ietf:params:xml:ns:host-1.0") => {
+                    "name"
+                }
+                Some("urn:ietf:params:xml:ns:contact-1.0") => "id",
+                _ => "",
+            };
+            for child in object.children().filter(|c| c.is_element()) {
+                let name = child.tag_name();
+                if name.namespace() == object_ns.as_deref() && name.name() == id_name {
+                    ids.push(value(child)?);
+                }
+            }
         }
     }
     Ok(Reading::Command {
@@ -284,6 +302,7 @@ fn command(node: Node) -> Result<Reading, Unreadable> {
         op: op.filter(|_| !ops.is_empty()).map(str::to_string),
         cltrid,
         login,
+        objects: ids,
     })
 }
 

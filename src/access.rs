@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -99,7 +100,8 @@ pub enum Admission {
 ///   coming faster than a wrong one would tell). A right password then waits its turn (at most 8 s)
 ///   instead of being refused.
 pub struct LoginLimiter {
-    free_failures: u32,
+    /// Changed by a reload.
+    free_failures: AtomicU32,
     /// Keys the attempted passwords, so that they are told apart without being kept.
     hasher: ring::hmac::Key,
     keys: Mutex<HashMap<(Source, String), Entry>>,
@@ -135,10 +137,20 @@ impl LoginLimiter {
         let hasher = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
             .unwrap_or_else(|_| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"eppmux"));
         Self {
-            free_failures: free_failures.max(1),
+            free_failures: AtomicU32::new(free_failures.max(1)),
             hasher,
             keys: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A reload's new limit; what was remembered of failures stays.
+    pub fn set_failures_per_minute(&self, free_failures: u32) {
+        self.free_failures
+            .store(free_failures.max(1), Ordering::Relaxed);
+    }
+
+    fn free_failures(&self) -> u32 {
+        self.free_failures.load(Ordering::Relaxed)
     }
 
     fn with_entry<T>(&self, ip: IpAddr, clid: &str, f: impl FnOnce(&mut Entry) -> T) -> T {
@@ -155,10 +167,10 @@ impl LoginLimiter {
     }
 
     fn delay(&self, distinct: u32) -> Duration {
-        if distinct < self.free_failures {
+        if distinct < self.free_failures() {
             return Duration::ZERO;
         }
-        let exp = (distinct - self.free_failures).min(16);
+        let exp = (distinct - self.free_failures()).min(16);
         (BASE_DELAY * 2u32.pow(exp)).min(MAX_DELAY)
     }
 
@@ -168,7 +180,7 @@ impl LoginLimiter {
             e.last_seen = Some(now);
             e.forget_old(now);
             let distinct = e.distinct();
-            if distinct < self.free_failures {
+            if distinct < self.free_failures() {
                 e.next_turn = None;
                 return Admission::Now;
             }

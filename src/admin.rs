@@ -6,7 +6,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,12 +25,38 @@ use crate::secret::Secret;
 
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
+    /// What a reload replaces.
+    live: RwLock<Arc<AdminLive>>,
+}
+
+/// The part of the admin endpoint's state that a reload replaces.
+#[derive(Default)]
+pub struct AdminLive {
     pub pools: Vec<Pool>,
     /// When set, `/metrics` and `/status` need `Authorization: Bearer <token>`; the probes
     /// (`/healthz`, `/readyz`) stay open for orchestrators.
     pub token: Option<Secret>,
     /// When each configured certificate expires, for the expiry gauge.
     pub certificates: Vec<CertificateExpiry>,
+    /// How the last SIGHUP went, for `/status`.
+    pub last_reload: Option<serde_json::Value>,
+}
+
+impl AdminState {
+    pub fn new(metrics: Arc<Metrics>, live: AdminLive) -> AdminState {
+        AdminState {
+            metrics,
+            live: RwLock::new(Arc::new(live)),
+        }
+    }
+
+    pub fn live(&self) -> Arc<AdminLive> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_live(&self, live: AdminLive) {
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+    }
 }
 
 /// One configured certificate and when it expires (Unix seconds).
@@ -78,6 +104,7 @@ pub async fn serve(
 }
 
 fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    let live = state.live();
     if req.method() != Method::GET {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -86,7 +113,7 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
         );
     }
     let path = req.uri().path();
-    if matches!(path, "/metrics" | "/status") && !authorised(req, state) {
+    if matches!(path, "/metrics" | "/status") && !authorised(req, &live) {
         let mut resp = reply(
             StatusCode::UNAUTHORIZED,
             "text/plain",
@@ -103,16 +130,16 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             {
-                for pool in &state.pools {
+                for pool in &live.pools {
                     pool.export_gauges();
                 }
-                export_expiry(state);
+                export_expiry(state, &live);
                 state.metrics.render()
             },
         ),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
-            let (ready, reasons) = readiness(&state.pools);
+            let (ready, reasons) = readiness(&live.pools);
             let body = serde_json::json!({ "ready": ready, "reasons": reasons }).to_string() + "\n";
             let code = if ready {
                 StatusCode::OK
@@ -122,10 +149,9 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
             reply(code, "application/json", body)
         }
         "/status" => {
-            let pools: Vec<_> = state.pools.iter().map(Pool::status).collect();
-            let body = serde_json::to_string_pretty(&serde_json::json!({ "accounts": pools }))
-                .unwrap_or_default()
-                + "\n";
+            let pools: Vec<_> = live.pools.iter().map(Pool::status).collect();
+            let status = serde_json::json!({ "accounts": pools, "last_reload": live.last_reload });
+            let body = serde_json::to_string_pretty(&status).unwrap_or_default() + "\n";
             reply(StatusCode::OK, "application/json", body)
         }
         _ => reply(
@@ -137,11 +163,13 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
 }
 
 /// Sets the certificate expiry gauges to the seconds left from now.
-fn export_expiry(state: &AdminState) {
+fn export_expiry(state: &AdminState, live: &AdminLive) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    for c in &state.certificates {
+    // Certificates a reload removed must not linger with their last value.
+    state.metrics.certificate_expiry.clear();
+    for c in &live.certificates {
         let label = crate::metrics::CertificateLabel {
             registry: c.registry.clone(),
             certificate: c.certificate,
@@ -155,8 +183,8 @@ fn export_expiry(state: &AdminState) {
 }
 
 /// True when no token is configured, or the request carries it (compared in constant time).
-fn authorised(req: &Request<Incoming>, state: &AdminState) -> bool {
-    let Some(token) = &state.token else {
+fn authorised(req: &Request<Incoming>, live: &AdminLive) -> bool {
+    let Some(token) = &live.token else {
         return true;
     };
     req.headers()

@@ -17,6 +17,7 @@
 
 mod access;
 pub mod admin;
+pub mod audit;
 pub mod cli;
 mod client_session;
 pub mod config;
@@ -33,5 +34,5 @@ pub use access::fingerprint;
 pub use eppmux_wire::{epp, frame, secret};
 pub use keys::{KeySource, PemSource};
 pub use metrics::Metrics;
-pub use proxy::{Proxy, RegistryHandle};
+pub use proxy::{Proxy, RegistryHandle, ReloadError};
 pub use upstream::{Session as UpstreamSession, UpstreamTarget};

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -36,16 +36,18 @@ pub struct ListenerTls {
     pub client_allow: Arc<Vec<String>>,
 }
 
-/// Accepts connections until `shutdown` is cancelled. `slots` is shared by all listeners: one
+/// Accepts connections until `stop` is cancelled (eppmux shuts down, or a reload moved or removed
+/// the listener; connections already accepted go on). `slots` is shared by all listeners: one
 /// permit per connected client. When none is left, the oldest connection that has not logged in
 /// is closed to make room (a flood of idle connections cannot lock out clients that log in).
+/// `tls` is read at each accept, so a reload's new certificate serves new connections at once.
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<ListenerTls>,
+    tls: Option<watch::Receiver<ListenerTls>>,
     ctx: Arc<ClientContext>,
     slots: Arc<Semaphore>,
     tasks: TaskTracker,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) {
     let kind = if tls.is_some() { "tls" } else { "plain" };
     let local = listener.local_addr().ok();
@@ -53,7 +55,7 @@ pub async fn serve(
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
@@ -74,7 +76,8 @@ pub async fn serve(
         } else {
             info_span!("client", registry = %ctx.registry, conn = id, listener = kind, %peer)
         };
-        let (ctx, tls, slots) = (ctx.clone(), tls.clone(), slots.clone());
+        let tls = tls.as_ref().map(|t| t.borrow().clone());
+        let (ctx, slots) = (ctx.clone(), slots.clone());
         tasks.spawn(
             async move {
                 let source = admitted.source;
@@ -98,7 +101,7 @@ pub async fn serve(
             .instrument(span),
         );
     }
-    info!(listener = kind, "stopped accepting");
+    info!(listener = kind, addr = ?local, "stopped accepting");
 }
 
 /// A connection let in: its host counted, and its client slot (or the promise of the slot an
@@ -132,7 +135,7 @@ fn admit(
     let source = Source::of(peer.ip());
     if !ctx.shared.enter_source(source) {
         refused(ctx, kind, "per_source");
-        warn!(listener = kind, %peer, max = ctx.shared.limits.max_clients_per_source, "refusing connection: too many from this host");
+        warn!(listener = kind, %peer, max = ctx.shared.limits().max_clients_per_source, "refusing connection: too many from this host");
         return None;
     }
     let slot = match slots.clone().try_acquire_owned() {
@@ -141,7 +144,7 @@ fn admit(
         Err(_) => {
             ctx.shared.leave_source(source);
             refused(ctx, kind, "max_clients");
-            warn!(listener = kind, %peer, max_clients = ctx.shared.limits.max_clients, "refusing connection: too many clients connected, all logged in");
+            warn!(listener = kind, %peer, max_clients = ctx.shared.limits().max_clients, "refusing connection: too many clients connected, all logged in");
             return None;
         }
     };

@@ -192,7 +192,7 @@ async fn soak(depth: usize, default_clients: u64, default_commands: u64) {
     // The most sessions eppmux held or was opening at any moment.
     let peak = Arc::new(AtomicUsize::new(0));
     let watcher = {
-        let pool = h.proxy.pools[0].clone();
+        let pool = h.proxy.pools()[0].clone();
         let peak = peak.clone();
         tokio::spawn(async move {
             pool.wait_for(|s| {
@@ -221,7 +221,7 @@ async fn soak(depth: usize, default_clients: u64, default_commands: u64) {
 
     // Faults off: the pool must come back to its configured size by itself.
     h.mock.set_chaos(None);
-    let pool = &h.proxy.pools[0];
+    let pool = &h.proxy.pools()[0];
     tokio::time::timeout(
         Duration::from_secs(60),
         pool.wait_for(|s| s.live >= pool_min && s.connecting == 0),

@@ -82,7 +82,7 @@ async fn an_answer_sent_twice_never_reaches_a_client_without_cltrid() {
         text.contains("b-data.gov") && !text.contains("a-data.gov") && !text.contains("A-1"),
         "B received someone else's answer: {text}"
     );
-    let counters = h.proxy.pools[0].counters();
+    let counters = h.proxy.pools()[0].counters();
     assert_eq!(counters.duplicate_answers, 1, "the duplicate was dropped");
     assert_eq!(
         h.mock.stats().logins.load(Relaxed),
@@ -108,7 +108,7 @@ async fn an_answer_without_cltrid_to_an_unreadable_command_is_delivered_and_cost
     let r = c.command(&domain_cmd("check", "next.gov", "OK-1")).await;
     assert_eq!((r.code, r.cltrid.as_deref()), (1000, Some("OK-1")));
     assert_eq!(h.mock.stats().logins.load(Relaxed), 1, "no login spent");
-    assert_eq!(h.proxy.pools[0].counters().sessions_lost, 0);
+    assert_eq!(h.proxy.pools()[0].counters().sessions_lost, 0);
     h.stop().await;
 }
 
@@ -163,7 +163,7 @@ async fn a_shrink_while_sessions_are_opening_ends_at_the_new_maximum() {
     h.mock
         .wait_until(|m| m.stats().frames_received.load(Relaxed) >= 4)
         .await;
-    let pool = &h.proxy.pools[0];
+    let pool = &h.proxy.pools()[0];
     pool.resize(1, 1);
     within(
         20,
@@ -196,7 +196,7 @@ async fn an_idle_session_is_preferred_to_a_busy_sessions_free_slot() {
         cfg.registries[0].accounts[0].lifecycle.pipeline_depth = 4;
     })
     .await;
-    h.proxy.pools[0].wait_for(|s| s.live == 4).await;
+    h.proxy.pools()[0].wait_for(|s| s.live == 4).await;
     let mut clients = Vec::new();
     for i in 0..4 {
         let mut c = h.logged_in().await;
@@ -302,7 +302,7 @@ async fn commands_pipelined_behind_a_not_logged_in_answer_are_resent_not_lost() 
     for i in 1..4 {
         assert_eq!(creates_of(&h.mock, &format!("behind-{i}.gov")), 1);
     }
-    assert_eq!(h.proxy.pools[0].counters().refused_replays, 0);
+    assert_eq!(h.proxy.pools()[0].counters().refused_replays, 0);
     h.stop().await;
 }
 
@@ -329,7 +329,7 @@ async fn a_registry_that_stops_reading_cannot_hold_a_command_beyond_the_response
     c.send(Bytes::from(create)).await;
     within(20, "the client closed (outcome unknown)", c.expect_closed()).await;
     h.mock.resume_reading();
-    let pool = &h.proxy.pools[0];
+    let pool = &h.proxy.pools()[0];
     within(20, "a replacement session", pool.wait_for(|s| s.live == 1)).await;
     assert!(pool.counters().sessions_lost >= 1);
     assert_eq!(creates_of(&h.mock, "stalled.gov"), 0);
@@ -383,7 +383,7 @@ async fn a_response_timeout_does_not_halve_the_pool() {
         cfg.registries[0].upstream.response_timeout = Duration::from_millis(300);
     })
     .await;
-    let pool = &h.proxy.pools[0];
+    let pool = &h.proxy.pools()[0];
     pool.wait_for(|s| s.live == 2).await;
     let mut c = h.logged_in().await;
     h.mock.push_fault(Fault::Delay(Duration::from_millis(1200)));
@@ -493,6 +493,7 @@ async fn shutdown_does_not_wait_for_a_client_that_stopped_reading() {
             Box::new(tcp) as Box<dyn Io>,
             eppmux::frame::EppCodec::new(BIG),
         ),
+        server_cert: None,
     };
     c.greeting().await;
     assert_eq!(c.command(&login_xml(CLID, PASSWORD, "L")).await.code, 1000);
@@ -540,7 +541,7 @@ async fn a_2002_in_an_unknown_wording_after_idleness_is_resent_on_a_fresh_sessio
         .await;
     assert_eq!((r.code, r.cltrid.as_deref()), (1000, Some("U-1")));
     assert_eq!(creates_of(&h.mock, "after-idle.gov"), 1);
-    assert_eq!(h.proxy.pools[0].counters().resent_not_executed, 1);
+    assert_eq!(h.proxy.pools()[0].counters().resent_not_executed, 1);
     h.stop().await;
 }
 
@@ -562,7 +563,7 @@ async fn a_2002_on_a_busy_session_is_relayed_as_it_is() {
         1,
         "the session is kept"
     );
-    assert_eq!(h.proxy.pools[0].counters().resent_not_executed, 0);
+    assert_eq!(h.proxy.pools()[0].counters().resent_not_executed, 0);
     h.stop().await;
 }
 
@@ -577,7 +578,7 @@ async fn a_registry_that_drops_every_session_cannot_make_eppmux_exceed_the_login
     })
     .await;
     let started = tokio::time::Instant::now();
-    h.proxy.pools[0].wait_for(|s| s.live == 2).await;
+    h.proxy.pools()[0].wait_for(|s| s.live == 2).await;
     for _ in 0..200 {
         h.mock.push_fault(Fault::DropAfterExecute);
     }
@@ -616,7 +617,7 @@ async fn a_registry_that_drops_every_session_cannot_make_eppmux_exceed_the_login
         "{logins} logins in {:.1} s, budget {budget:.1}",
         minutes * 60.0
     );
-    let pool = &h.proxy.pools[0];
+    let pool = &h.proxy.pools()[0];
     assert!(pool.counters().login_budget_waits >= 1);
     let admin = h.proxy.admin_addr.unwrap();
     let (_, metrics) = eppmux::admin::get(admin, "/metrics", Duration::from_secs(2))
@@ -628,7 +629,7 @@ async fn a_registry_that_drops_every_session_cannot_make_eppmux_exceed_the_login
     );
     let stats = pool.stats();
     if stats.live == 0 && stats.login_budget_wait.is_some() {
-        let (_, reasons) = eppmux::admin::readiness(&h.proxy.pools);
+        let (_, reasons) = eppmux::admin::readiness(&h.proxy.pools());
         assert!(reasons[0].contains("login budget"), "{reasons:?}");
     }
     h.stop().await;
@@ -643,7 +644,7 @@ async fn commands_beyond_the_rate_limit_wait_in_the_queue_instead_of_being_refus
         cfg.registries[0].queue_wait = Duration::from_secs(10);
     })
     .await;
-    h.proxy.pools[0].wait_for(|s| s.live == 2).await;
+    h.proxy.pools()[0].wait_for(|s| s.live == 2).await;
     let started = tokio::time::Instant::now();
     let mut clients = Vec::new();
     for i in 0..20 {
@@ -665,7 +666,7 @@ async fn commands_beyond_the_rate_limit_wait_in_the_queue_instead_of_being_refus
         "{:?}",
         started.elapsed()
     );
-    assert!(h.proxy.pools[0].counters().commands_throttled >= 5);
-    assert_eq!(h.proxy.pools[0].counters().exhausted, 0);
+    assert!(h.proxy.pools()[0].counters().commands_throttled >= 5);
+    assert_eq!(h.proxy.pools()[0].counters().exhausted, 0);
     h.stop().await;
 }

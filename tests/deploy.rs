@@ -377,7 +377,7 @@ async fn scrape_after_a_workload() -> String {
     // A refused login on the replacement session, then the one session held, one command
     // waiting, and one more refused with 2400.
     h.mock.push_login_refusal(2501);
-    let pool = &h.proxy.pools[0];
+    let pool = &h.proxy.pools()[0];
     pool.wait_for(|s| s.live == 1).await;
     let mut holder = h.logged_in().await;
     holder

@@ -273,6 +273,7 @@ async fn a_guesser_is_slowed_and_every_loopback_address_counts_as_one_host() {
                 Box::new(tcp) as Box<dyn Io>,
                 eppmux::frame::EppCodec::default(),
             ),
+            server_cert: None,
         };
         c.greeting().await;
         c
@@ -315,7 +316,7 @@ async fn hostile_registry_responses_retire_the_session_only() {
         cfg.limits.max_frame = 64 * 1024;
     })
     .await;
-    h.proxy.pools[0].wait_for(|s| s.live == 2).await;
+    h.proxy.pools()[0].wait_for(|s| s.live == 2).await;
     let mut bystander = h.logged_in().await;
     let mut c = h.logged_in().await;
     for (i, fault) in [
@@ -348,9 +349,9 @@ async fn hostile_registry_responses_retire_the_session_only() {
         .await;
     c.expect_closed().await;
     still_served(&mut bystander, "after-transform").await;
-    let counters = h.proxy.pools[0].counters();
+    let counters = h.proxy.pools()[0].counters();
     assert!(counters.sessions_lost >= 4, "{counters:?}");
-    h.proxy.pools[0].wait_for(|s| s.live == 2).await;
+    h.proxy.pools()[0].wait_for(|s| s.live == 2).await;
     assert!(h.mock.stats().logins.load(Relaxed) >= 6);
     h.stop().await;
 }
@@ -484,7 +485,7 @@ async fn a_1500_from_the_registry_is_relayed_and_retires_its_session() {
     let r = c.command(&domain_cmd("check", "ended.gov", "E-1")).await;
     assert_eq!((r.code, r.cltrid.as_deref()), (1500, Some("E-1")));
     c.expect_closed().await;
-    h.proxy.pools[0]
+    h.proxy.pools()[0]
         .wait_for(|s| s.live == 1 && s.connecting == 0)
         .await;
     assert_eq!(

@@ -56,7 +56,7 @@ async fn every_metric_moves_during_a_workload() {
     })
     .await;
     let admin = h.proxy.admin_addr.unwrap();
-    let pool = &h.proxy.pools[0];
+    let pool = &h.proxy.pools()[0];
     // Keepalives.
     h.mock
         .wait_until(|m| m.stats().hellos.load(Relaxed) >= 1)
@@ -221,7 +221,7 @@ async fn healthz_readyz_and_status() {
     let mock = eppmux_mock::MockRegistry::start(registry, tls, MockConfig::default())
         .await
         .unwrap();
-    proxy.pools[0].wait_for(|s| s.live >= 1).await;
+    proxy.pools()[0].wait_for(|s| s.live >= 1).await;
     let (code, body) = eppmux::admin::get(admin, "/readyz", wait).await.unwrap();
     assert_eq!(
         (code, body.trim()),
@@ -294,7 +294,7 @@ async fn check_and_healthcheck_commands() {
     )
     .await
     .unwrap();
-    proxy.pools[0].wait_for(|s| s.live >= 1).await;
+    proxy.pools()[0].wait_for(|s| s.live >= 1).await;
     let out = eppmux_bin()
         .args([
             "healthcheck",
@@ -415,7 +415,7 @@ async fn an_admin_token_guards_metrics_and_status_but_not_the_probes() {
         cfg.admin_token = Some(eppmux::secret::Secret::new("t0ken-for-scrapers"));
     })
     .await;
-    h.proxy.pools[0].wait_for(|s| s.live >= 1).await;
+    h.proxy.pools()[0].wait_for(|s| s.live >= 1).await;
     let admin = h.proxy.admin_addr.unwrap();
     let wait = Duration::from_secs(5);
     for path in ["/metrics", "/status"] {

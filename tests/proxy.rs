@@ -425,6 +425,7 @@ async fn framing_edge_cases_through_the_proxy() {
     raw.set_nodelay(true).unwrap();
     let mut c = Client {
         framed: tokio_util::codec::Framed::new(Box::new(raw), eppmux::frame::EppCodec::default()),
+        server_cert: None,
     };
     c.greeting().await;
     let wire = eppmux::frame::encode_frame(login_xml(CLID, PASSWORD, "SPLIT").as_bytes());
@@ -503,7 +504,7 @@ async fn shutdown_logs_out_upstream_sessions() {
         c.command(&domain_cmd("check", "a.gov", "A")).await.code,
         1000
     );
-    h.proxy.pools[0].wait_for(|s| s.live == 2).await;
+    h.proxy.pools()[0].wait_for(|s| s.live == 2).await;
     let Harness { mock, proxy } = h;
     proxy.shutdown().await;
     c.expect_closed().await;

@@ -97,8 +97,11 @@ async fn each_registry_has_its_own_listeners_accounts_and_sessions() {
     let cfg =
         Config::from_sources(&Explicit::default(), Some(&file), &EnvSecrets::default()).unwrap();
     let proxy = Proxy::start(&cfg, CancellationToken::new()).await.unwrap();
-    let (ra, rb) = (&proxy.registries[0], &proxy.registries[1]);
-    for pool in &proxy.pools {
+    let (ra, rb) = (
+        &proxy.registries()[0].clone(),
+        &proxy.registries()[1].clone(),
+    );
+    for pool in &proxy.pools() {
         pool.wait_for(|s| s.live >= 1).await;
     }
 
@@ -157,7 +160,7 @@ async fn each_registry_has_its_own_listeners_accounts_and_sessions() {
 
     // Registry b stops answering logins: /readyz names it, and only it.
     mock_b.shutdown().await;
-    proxy.pools[1].wait_for(|s| s.live == 0).await;
+    proxy.pools()[1].wait_for(|s| s.live == 0).await;
     let (code, body) = eppmux::admin::get(admin, "/readyz", wait).await.unwrap();
     assert_eq!(code, 503);
     assert!(

@@ -59,7 +59,7 @@ async fn keepalive_hellos_keep_an_idle_session_from_timing_out() {
         1,
         "the same session served throughout"
     );
-    assert!(h.proxy.pools[0].counters().keepalives >= 12);
+    assert!(h.proxy.pools()[0].counters().keepalives >= 12);
     h.stop().await;
 }
 
@@ -79,8 +79,8 @@ async fn a_session_the_registry_closes_while_idle_is_replaced() {
             m.stats().idle_timeouts.load(Relaxed) >= 1 && m.stats().logins.load(Relaxed) >= 2
         })
         .await;
-    h.proxy.pools[0].wait_for(|s| s.live == 1).await;
-    assert!(h.proxy.pools[0].counters().sessions_lost >= 1);
+    h.proxy.pools()[0].wait_for(|s| s.live == 1).await;
+    assert!(h.proxy.pools()[0].counters().sessions_lost >= 1);
     let mut c = h.logged_in().await;
     assert_eq!(
         c.command(&domain_cmd("check", "after-idle.gov", "I1"))
@@ -114,7 +114,7 @@ async fn not_logged_in_2002_is_resent_on_a_fresh_session() {
         2,
         "the forgotten session was replaced"
     );
-    assert_eq!(h.proxy.pools[0].counters().resent_not_executed, 1);
+    assert_eq!(h.proxy.pools()[0].counters().resent_not_executed, 1);
     h.stop().await;
 }
 
@@ -175,7 +175,7 @@ async fn a_query_whose_response_was_lost_is_sent_again() {
         (2303, Some("Q2")),
         "the registry's answer to the info"
     );
-    assert_eq!(h.proxy.pools[0].counters().resent_queries, 2);
+    assert_eq!(h.proxy.pools()[0].counters().resent_queries, 2);
     h.stop().await;
 }
 
@@ -199,7 +199,7 @@ async fn a_transform_whose_response_was_lost_is_never_replayed() {
         h.mock.domain_exists("lost-after.gov"),
         "the delete never ran and was not replayed"
     );
-    assert_eq!(h.proxy.pools[0].counters().refused_replays, 2);
+    assert_eq!(h.proxy.pools()[0].counters().refused_replays, 2);
     // The client decides: it checks, and finds its create did happen.
     let mut c = h.logged_in().await;
     let frame = {
@@ -246,7 +246,7 @@ async fn repeated_2200_stops_reconnecting_and_marks_the_account_unhealthy() {
             eppmux::secret::Secret::new("not-the-registry-password");
     })
     .await;
-    let pool = &h.proxy.pools[0];
+    let pool = &h.proxy.pools()[0];
     pool.wait_for(|s| s.unhealthy.is_some()).await;
     assert_eq!(
         h.mock.stats().login_attempts.load(Relaxed),
@@ -282,7 +282,7 @@ async fn a_2502_session_limit_holds_the_pool_below_its_max() {
         cfg.registries[0].session_limit_hold = Duration::from_secs(3600);
     })
     .await;
-    let pool = &h.proxy.pools[0];
+    let pool = &h.proxy.pools()[0];
     pool.wait_for(|s| s.effective_max == 1 && s.live == 1 && s.connecting == 0)
         .await;
     assert_eq!(h.mock.stats().login_attempts.load(Relaxed), 2);
@@ -311,7 +311,7 @@ async fn eppmux_starts_with_the_registry_down_and_serves_once_it_is_up() {
     let mut cfg = proxy_config(addr);
     cfg.registries[0].greeting_wait = Duration::from_secs(30);
     let proxy = Proxy::start(&cfg, CancellationToken::new()).await.unwrap();
-    proxy.pools[0]
+    proxy.pools()[0]
         .wait_for(|s| s.consecutive_failures >= 2)
         .await;
     // A client connecting now waits for the first greeting.
@@ -338,7 +338,7 @@ async fn eppmux_starts_with_the_registry_down_and_serves_once_it_is_up() {
         .unwrap();
     let proxy = waiting.await.unwrap();
     assert!(
-        proxy.pools[0].counters().open_failures >= 2,
+        proxy.pools()[0].counters().open_failures >= 2,
         "it kept retrying while the registry was down"
     );
     proxy.shutdown().await;
@@ -369,7 +369,7 @@ async fn sessions_retire_after_max_commands_without_clients_noticing() {
         2,
         "each retired session logged out"
     );
-    assert_eq!(h.proxy.pools[0].counters().sessions_retired, 2);
+    assert_eq!(h.proxy.pools()[0].counters().sessions_retired, 2);
     assert!(
         h.mock.stats().peak_sessions.load(Relaxed) <= 1,
         "never above pool_max while replacing"
@@ -402,7 +402,7 @@ async fn sessions_retire_at_max_age() {
 #[tokio::test]
 async fn waiting_commands_are_served_first_come_first_served() {
     let h = Harness::start(MockConfig::default(), one_session).await;
-    let pool = &h.proxy.pools[0];
+    let pool = &h.proxy.pools()[0];
     // X holds the only session and has three more commands pipelined behind it.
     let mut x = h.logged_in().await;
     x.send(Bytes::from(domain_cmd("check", "hold-x.gov", "X0")))
@@ -461,7 +461,7 @@ async fn the_wait_queue_is_bounded() {
         .await;
     h.mock.wait_held(1).await;
     b.send(Bytes::from(domain_cmd("check", "b.gov", "B"))).await;
-    h.proxy.pools[0].wait_for(|s| s.waiting == 1).await;
+    h.proxy.pools()[0].wait_for(|s| s.waiting == 1).await;
     let r = c.command(&domain_cmd("check", "c.gov", "C")).await;
     assert_eq!(
         (r.code, r.cltrid.as_deref()),
@@ -493,8 +493,8 @@ async fn graceful_shutdown_finishes_in_flight_and_answers_queued() {
     mock.wait_held(1).await;
     b.send(Bytes::from(domain_cmd("create", "queued.gov", "B")))
         .await;
-    proxy.pools[0].wait_for(|s| s.waiting == 1).await;
-    let pool = proxy.pools[0].clone();
+    proxy.pools()[0].wait_for(|s| s.waiting == 1).await;
+    let pool = proxy.pools()[0].clone();
     let stopping = tokio::spawn(proxy.shutdown());
 
     let r = b.recv_response().await;
@@ -603,6 +603,6 @@ async fn a_pipelined_session_that_dies_replays_only_queries() {
         1,
         "it ran once and was never replayed"
     );
-    assert_eq!(h.proxy.pools[0].counters().resent_queries, 1);
+    assert_eq!(h.proxy.pools()[0].counters().resent_queries, 1);
     h.stop().await;
 }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,14 +21,17 @@ use crate::pool::Pool;
 use crate::secret::Secret;
 
 /// An account clients may log in as, and the pool its commands go to.
+#[derive(Clone)]
 pub struct Account {
-    pub config: AccountConfig,
+    /// Shared, not copied: every logged-in client connection keeps its account for its lifetime.
+    pub config: Arc<AccountConfig>,
     pub pool: Pool,
 }
 
 /// What every client session of every registry shares.
 pub struct ClientShared {
-    pub limits: ClientLimits,
+    /// Replaced whole by a reload; read per connection and per frame.
+    limits: RwLock<ClientLimits>,
     pub login_limiter: LoginLimiter,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
@@ -43,27 +46,63 @@ pub struct ClientShared {
 pub struct ClientContext {
     /// The registry's name for logs and metrics ("" for the unnamed one).
     pub registry: String,
-    pub accounts: Vec<Account>,
+    /// What a reload may change, replaced whole: a client reads it when it logs in and per
+    /// command, so that new logins see new accounts and passwords at once while clients already
+    /// logged in keep their account (and its pool).
+    live: RwLock<Arc<RegistryLive>>,
     pub greeting: watch::Receiver<Option<Bytes>>,
-    pub greeting_wait: Duration,
-    pub queue_wait: Duration,
     pub shared: Arc<ClientShared>,
+}
+
+/// The part of a registry's client context that a reload replaces.
+pub struct RegistryLive {
+    pub accounts: Vec<Account>,
+    /// How long a new client waits for a first registry greeting.
+    pub greeting_wait: Duration,
+    /// How long a command waits for a free session.
+    pub queue_wait: Duration,
+}
+
+impl RegistryLive {
+    pub fn new(registry: &RegistryConfig, accounts: Vec<Account>) -> Self {
+        RegistryLive {
+            accounts,
+            greeting_wait: registry.greeting_wait,
+            queue_wait: registry.queue_wait,
+        }
+    }
 }
 
 impl ClientContext {
     pub fn new(
         registry: &RegistryConfig,
-        accounts: Vec<Account>,
+        live: RegistryLive,
         greeting: watch::Receiver<Option<Bytes>>,
         shared: Arc<ClientShared>,
     ) -> Self {
         Self {
             registry: registry.label().to_string(),
-            accounts,
+            live: RwLock::new(Arc::new(live)),
             greeting,
-            greeting_wait: registry.greeting_wait,
-            queue_wait: registry.queue_wait,
             shared,
+        }
+    }
+
+    pub fn live(&self) -> Arc<RegistryLive> {
+        read(&self.live).clone()
+    }
+
+    /// Replaces what a reload changes; connections already logged in keep their account.
+    pub fn set_live(&self, live: RegistryLive) {
+        *write(&self.live) = Arc::new(live);
+    }
+
+    /// Who a client is, for its audit events.
+    pub(super) fn audit_client(&self, peer: &super::Peer) -> crate::audit::Client<'_> {
+        crate::audit::Client {
+            registry: &self.registry,
+            conn: peer.conn,
+            peer: peer.ip,
         }
     }
 
@@ -75,15 +114,15 @@ impl ClientContext {
         clid: &str,
         pw: &Secret,
         cert: Option<&str>,
-    ) -> Option<&Account> {
+    ) -> Option<Account> {
         let mut found = None;
-        for acc in &self.accounts {
+        for acc in &self.live().accounts {
             let local = &acc.config;
             let clid_ok = Secret::new(local.local_clid()).ct_eq(clid);
-            let pw_ok = local.local_password().ct_eq(pw.expose());
+            let pw_ok = local.local_password_matches(pw);
             let cert_ok = cert.is_some_and(|fp| local.local.client_certs.iter().any(|c| c == fp));
             if clid_ok & (pw_ok | cert_ok) {
-                found = Some(acc);
+                found = Some(acc.clone());
             }
         }
         found
@@ -93,7 +132,7 @@ impl ClientContext {
 impl ClientShared {
     pub fn new(limits: ClientLimits, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
         Self {
-            limits,
+            limits: RwLock::new(limits),
             login_limiter: LoginLimiter::new(limits.login_failures_per_minute),
             metrics,
             shutdown,
@@ -101,6 +140,18 @@ impl ClientShared {
             sources: Mutex::new(HashMap::new()),
             svtrid: AtomicU64::new(1),
         }
+    }
+
+    pub fn limits(&self) -> ClientLimits {
+        *read(&self.limits)
+    }
+
+    /// New limits for what follows: connections admitted and frames read from now on. The login
+    /// limiter keeps its memory of failures and takes the new rate.
+    pub fn set_limits(&self, limits: ClientLimits) {
+        self.login_limiter
+            .set_failures_per_minute(limits.login_failures_per_minute);
+        *write(&self.limits) = limits;
     }
 
     pub(super) fn reject(&self, reason: &'static str) {
@@ -154,7 +205,7 @@ impl ClientShared {
         }
         let mut sources = lock(&self.sources);
         let n = sources.entry(source).or_default();
-        if *n >= self.limits.max_clients_per_source {
+        if *n >= self.limits().max_clients_per_source {
             return false;
         }
         *n += 1;
@@ -177,4 +228,12 @@ impl ClientShared {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
 }

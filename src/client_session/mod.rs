@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::access::Admission;
+use crate::audit;
 use crate::epp::{self, code, Command, Message};
 use crate::frame::{ClientCodec, FrameError, Incoming};
 use crate::metrics::CommandLabel;
@@ -29,7 +30,7 @@ use crate::shown::shown;
 
 mod context;
 
-pub use context::{Account, ClientContext, ClientShared};
+pub use context::{Account, ClientContext, ClientShared, RegistryLive};
 
 /// Where a connection comes from.
 #[derive(Debug, Clone)]
@@ -54,9 +55,15 @@ enum Answer {
     Close,
 }
 
-enum State<'a> {
-    Greeted { failures: u32 },
-    LoggedIn { account: &'a Account },
+enum State {
+    Greeted {
+        failures: u32,
+    },
+    /// The account it logged in as, kept for the life of the connection: a reload that changes
+    /// passwords or removes the account does not log it out (a removed account's pool refuses).
+    LoggedIn {
+        account: Account,
+    },
 }
 
 /// One client connection being served.
@@ -64,7 +71,7 @@ struct Conn<'a, S> {
     framed: Framed<S, ClientCodec>,
     peer: Peer,
     ctx: &'a ClientContext,
-    state: State<'a>,
+    state: State,
     /// Cancelled to evict this connection while it has not logged in.
     evict: CancellationToken,
     login_deadline: Instant,
@@ -80,13 +87,13 @@ where
     let mut conn = Conn {
         framed: Framed::new(
             stream,
-            ClientCodec::new(ctx.shared.limits.pre_login_max_frame()),
+            ClientCodec::new(ctx.shared.limits().pre_login_max_frame()),
         ),
         peer,
         ctx,
         state: State::Greeted { failures: 0 },
         evict,
-        login_deadline: Instant::now() + ctx.shared.limits.login_timeout,
+        login_deadline: Instant::now() + ctx.shared.limits().login_timeout,
     };
     conn.run().await;
     ctx.shared.leave_pre_login(conn_id);
@@ -101,14 +108,14 @@ where
 {
     async fn run(&mut self) {
         let Some(greeting) = wait_for_greeting(self.ctx).await else {
-            info!(waited = ?self.ctx.greeting_wait, "closing: no registry greeting yet (is the registry reachable?)");
+            info!(waited = ?self.ctx.live().greeting_wait, "closing: no registry greeting yet (is the registry reachable?)");
             return;
         };
         if let Err(e) = self.send(greeting).await {
             debug!(error = %e, "client went away before the greeting");
             return;
         }
-        let limits = self.ctx.shared.limits;
+        let limits = self.ctx.shared.limits();
         // Between frames the idle timeout (and the login deadline) runs; within a frame, the
         // frame timeout.
         let mut frame_deadline = None;
@@ -157,7 +164,7 @@ where
     }
 
     fn timed_out(&self, mid_frame: bool, logged_in: bool) {
-        let limits = self.ctx.shared.limits;
+        let limits = self.ctx.shared.limits();
         if mid_frame {
             self.ctx.shared.reject("frame_timeout");
             warn!(timeout = ?limits.frame_timeout, "closing: frame not completed in time (slow or stalled client)");
@@ -263,12 +270,17 @@ where
                 let msg = "Command use error: log in first";
                 Answer::Reply(ctx.shared.answer(code::USE_ERROR, msg, cltrid))
             }
-            (State::LoggedIn { .. }, "logout") => {
+            (State::LoggedIn { account }, "logout") => {
                 info!("client logged out");
+                let clid = &account.config.clid;
+                let client = ctx.audit_client(&self.peer);
+                audit::session(&client, audit::Session::LoggedOut, clid, Some(clid));
                 let msg = "Command completed successfully; ending session";
                 Answer::Last(ctx.shared.answer(code::ENDING_SESSION, msg, cltrid))
             }
-            (State::LoggedIn { account }, _) => forward(frame, &cmd, account, ctx).await,
+            (State::LoggedIn { account }, _) => {
+                forward(frame, &cmd, account, ctx, &self.peer).await
+            }
         }
     }
 
@@ -281,7 +293,7 @@ where
         let clid = shown(&login.clid);
         if login.has_new_pw {
             warn!(%clid, "refusing login with newPW: password changes are not made through eppmux");
-            let msg = "Unimplemented option: password change (newPW) is not done through eppmux";
+            let msg = "Unimplemented option: newPW: eppmux shares this account's registry sessions among all its clients, so one client cannot change the password; the operator sets new_password in eppmux's configuration";
             return Answer::Reply(ctx.shared.answer(code::UNIMPLEMENTED_OPTION, msg, cltrid));
         }
         let ip = self.peer.ip;
@@ -299,16 +311,21 @@ where
             }
             Admission::Refused => {
                 warn!(%clid, source = %ip, "closing: too many login attempts from this host for this clID");
+                let client = ctx.audit_client(&self.peer);
+                audit::session(&client, audit::Session::RefusedClosing, &login.clid, None);
                 return self.auth_closing(cltrid);
             }
         }
         if let Some(account) = ctx.authenticate(&login.clid, &login.pw, self.peer.cert.as_deref()) {
             info!(%clid, account = %account.config.clid, "client logged in");
+            let client = ctx.audit_client(&self.peer);
+            let acc = Some(account.config.clid.as_str());
+            audit::session(&client, audit::Session::LoggedIn, &login.clid, acc);
             self.state = State::LoggedIn { account };
             ctx.shared.leave_pre_login(self.peer.conn);
             self.framed
                 .codec_mut()
-                .set_max_frame(ctx.shared.limits.max_frame);
+                .set_max_frame(ctx.shared.limits().max_frame);
             let msg = "Command completed successfully";
             return Answer::Reply(ctx.shared.answer(code::COMPLETED, msg, cltrid));
         }
@@ -323,11 +340,14 @@ where
             return Answer::Close;
         };
         *failures += 1;
-        if *failures >= ctx.shared.limits.max_login_failures {
+        let client = ctx.audit_client(&self.peer);
+        if *failures >= ctx.shared.limits().max_login_failures {
             warn!(%clid, failures = *failures, "closing: too many failed logins on this connection");
+            audit::session(&client, audit::Session::RefusedClosing, &login.clid, None);
             return self.auth_closing(cltrid);
         }
         warn!(%clid, failures = *failures, "client login refused: wrong clID or password");
+        audit::session(&client, audit::Session::Refused, &login.clid, None);
         Answer::Reply(
             ctx.shared
                 .answer(code::AUTHENTICATION_ERROR, "Authentication error", cltrid),
@@ -355,14 +375,20 @@ where
 
 async fn wait_for_greeting(ctx: &ClientContext) -> Option<Bytes> {
     let mut rx = ctx.greeting.clone();
-    let got = timeout(ctx.greeting_wait, rx.wait_for(Option::is_some)).await;
+    let got = timeout(ctx.live().greeting_wait, rx.wait_for(Option::is_some)).await;
     match got {
         Ok(Ok(g)) => g.clone(),
         _ => None,
     }
 }
 
-async fn forward(frame: &Bytes, cmd: &Command, account: &Account, ctx: &ClientContext) -> Answer {
+async fn forward(
+    frame: &Bytes,
+    cmd: &Command,
+    account: &Account,
+    ctx: &ClientContext,
+    peer: &Peer,
+) -> Answer {
     let started = Instant::now();
     let cltrid = cmd.cltrid.as_deref();
     let clid = &account.config.clid;
@@ -370,18 +396,38 @@ async fn forward(frame: &Bytes, cmd: &Command, account: &Account, ctx: &ClientCo
     let name = cmd.metric_name();
     let result = account
         .pool
-        .forward(frame.clone(), cltrid, cmd.is_query(), ctx.queue_wait)
+        .forward(frame.clone(), cltrid, cmd.is_query(), ctx.live().queue_wait)
         .await;
+    let audit = |outcome| {
+        audit::command(&audit::CommandEvent {
+            client: ctx.audit_client(peer),
+            account: clid,
+            command: name,
+            objects: &cmd.objects,
+            cltrid,
+            outcome,
+            latency: started.elapsed(),
+        })
+    };
     let reply = match result {
         Ok(reply) => reply,
         Err(PoolError::Lost(e)) => {
+            audit(audit::Outcome::Lost);
             // The registry may have executed it: only the client can decide whether to retry, and a
             // dropped connection is the signal it already handles for a registry that vanishes.
             warn!(command = name, cltrid = %shown(cltrid.unwrap_or("")), reason = %e, "response lost; closing the client connection without replaying the command");
             return Answer::Close;
         }
-        Err(e) => return refused(&e, name, cltrid, ctx),
+        Err(e) => {
+            audit(audit::Outcome::NotSent);
+            return refused(&e, name, cltrid, ctx);
+        }
     };
+    audit(audit::Outcome::Answered {
+        code: reply.code,
+        svtrid: reply.svtrid.as_deref(),
+        session: reply.session,
+    });
     let elapsed = started.elapsed();
     ctx.shared
         .metrics
@@ -398,7 +444,7 @@ async fn forward(frame: &Bytes, cmd: &Command, account: &Account, ctx: &ClientCo
         .command_duration
         .get_or_create(&crate::metrics::account(&ctx.registry, clid))
         .observe(elapsed.as_secs_f64());
-    info!(
+    debug!(
         command = name,
         cltrid = %shown(cltrid.unwrap_or("")),
         result_code = reply.code,

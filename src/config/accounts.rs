@@ -36,11 +36,19 @@ pub(super) fn accounts(
                 ))
             }
         };
+        let new_password = match (
+            at.file("new_password_file", &o.new_password_file),
+            &env.new_password,
+        ) {
+            (Some(path), _) => Some(read_secret_file(at, "new_password_file", &path)?),
+            (None, p) => p.clone(),
+        };
         let single = AccountOptions {
             clid: clid.clone(),
             ..AccountOptions::default()
         };
         let mut acc = account_with(&single, password, o, at)?;
+        acc.new_password = checked_new_password(new_password, &acc.password, at)?;
         acc.local = LocalLogin::default();
         accounts.push(acc);
     }
@@ -90,7 +98,22 @@ pub(super) fn account(
         (None, Some(path)) => read_secret_file(at, "password_file", &path)?,
         (None, None) => return Err(at.invalid("password", "password or password_file is required")),
     };
+    let new_password = match (
+        &acc.new_password,
+        at.file("new_password_file", &acc.new_password_file),
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(at.invalid(
+                "new_password",
+                "set new_password or new_password_file, not both",
+            ))
+        }
+        (Some(p), None) => Some(p.clone()),
+        (None, Some(path)) => Some(read_secret_file(at, "new_password_file", &path)?),
+        (None, None) => None,
+    };
     let mut out = account_with(acc, password, r, at)?;
+    out.new_password = checked_new_password(new_password, &out.password, at)?;
     out.local = LocalLogin {
         clid: acc.local_clid.clone(),
         password: match (
@@ -110,6 +133,22 @@ pub(super) fn account(
         client_certs: fingerprints(at, "local_client_certs", acc.local_client_certs.as_deref())?,
     };
     Ok(out)
+}
+
+/// A new password is one to change to: empty or equal to the current one is a mistake.
+fn checked_new_password(
+    new: Option<Secret>,
+    current: &Secret,
+    at: &At<'_>,
+) -> Result<Option<Secret>, ConfigError> {
+    match new {
+        Some(n) if n.is_empty() => Err(at.invalid("new_password", "the new password is empty")),
+        Some(n) if n.ct_eq(current.expose()) => Err(at.invalid(
+            "new_password",
+            "equals the password: once the change is done, move new_password into password and remove new_password",
+        )),
+        other => Ok(other),
+    }
 }
 
 fn account_with(
@@ -158,6 +197,7 @@ fn account_with(
     Ok(AccountConfig {
         clid: acc.clid.clone(),
         password,
+        new_password: None,
         pool_min,
         pool_max,
         obj_uris: acc.obj_uris.clone(),

@@ -40,6 +40,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Where the audit events also go, as JSON lines (relative to the file it was named in).
+    pub audit_log: Option<PathBuf>,
 }
 
 /// One registry: where its clients connect, how to reach it, its accounts and how commands wait.
@@ -62,6 +64,10 @@ pub struct RegistryConfig {
     pub queue_max_bytes: usize,
     #[serde(serialize_with = "ser_duration")]
     pub session_limit_hold: Duration,
+    /// After a reload changed an account's credentials, its sessions are replaced one at a time,
+    /// this long apart.
+    #[serde(serialize_with = "ser_duration")]
+    pub rotation_interval: Duration,
 }
 
 impl RegistryConfig {
@@ -124,6 +130,9 @@ pub struct UpstreamConfig {
 pub struct AccountConfig {
     pub clid: String,
     pub password: Secret,
+    /// A password to change to at the registry (`<newPW>`); while set, either password is
+    /// accepted from local clients and tried at the registry.
+    pub new_password: Option<Secret>,
     pub pool_min: usize,
     pub pool_max: usize,
     /// Login services; `None` means "what the greeting advertises".
@@ -144,9 +153,22 @@ impl AccountConfig {
         self.local.clid.as_deref().unwrap_or(&self.clid)
     }
 
-    /// The password local clients log in with.
-    pub fn local_password(&self) -> &Secret {
-        self.local.password.as_ref().unwrap_or(&self.password)
+    /// Whether `pw` is a password local clients may log in with, compared in constant time: the
+    /// local password if one is set, else the registry password — or, while a change is
+    /// configured, the new one (local clients hold the registry's password and may have been
+    /// given either).
+    pub fn local_password_matches(&self, pw: &Secret) -> bool {
+        match &self.local.password {
+            Some(local) => local.ct_eq(pw.expose()),
+            None => {
+                let old = self.password.ct_eq(pw.expose());
+                let new = self
+                    .new_password
+                    .as_ref()
+                    .is_some_and(|n| n.ct_eq(pw.expose()));
+                old | new
+            }
+        }
     }
 }
 
@@ -206,6 +228,8 @@ pub const SUSPECT_2002_AFTER: Duration = Duration::from_secs(10);
 pub struct EnvSecrets {
     /// EPPMUX_PASSWORD: the password of `--clid`.
     pub password: Option<Secret>,
+    /// EPPMUX_NEW_PASSWORD: the new password of `--clid` (see `new_password_file`).
+    pub new_password: Option<Secret>,
     /// EPPMUX_ADMIN_TOKEN.
     pub admin_token: Option<Secret>,
     /// EPPMUX_UPSTREAM_CERT_PEM: PEM text or its base64.
@@ -231,6 +255,7 @@ impl EnvSecrets {
         let get = |var: &str| get(var).filter(|v| !v.is_empty()).map(Secret::new);
         EnvSecrets {
             password: get("EPPMUX_PASSWORD"),
+            new_password: get("EPPMUX_NEW_PASSWORD"),
             admin_token: get("EPPMUX_ADMIN_TOKEN"),
             upstream_cert_pem: get("EPPMUX_UPSTREAM_CERT_PEM"),
             upstream_key_pem: get("EPPMUX_UPSTREAM_KEY_PEM"),
@@ -245,6 +270,7 @@ impl EnvSecrets {
     fn registry_vars(&self) -> Vec<&'static str> {
         [
             ("EPPMUX_PASSWORD", &self.password),
+            ("EPPMUX_NEW_PASSWORD", &self.new_password),
             ("EPPMUX_UPSTREAM_CERT_PEM", &self.upstream_cert_pem),
             ("EPPMUX_UPSTREAM_KEY_PEM", &self.upstream_key_pem),
             (

@@ -160,6 +160,11 @@ pub struct ProcessOptions {
     )]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
+    /// Also write the audit events (one per command, login and logout) as JSON lines to this
+    /// file; reopened on SIGHUP, for logrotate.
+    #[arg(long, env = "EPPMUX_AUDIT_LOG", value_name = "FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize, Default)]
@@ -301,6 +306,20 @@ pub struct RegistryOptions {
     #[arg(long, env = "EPPMUX_PASSWORD_FILE", value_name = "FILE")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// File holding a new password for the account (or set EPPMUX_NEW_PASSWORD): the next session
+    /// logs in with <newPW> to change it at the registry, later ones use it.
+    #[arg(long, env = "EPPMUX_NEW_PASSWORD_FILE", value_name = "FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_password_file: Option<PathBuf>,
+    /// After a reload changed an account's credentials (certificate, key, password, address),
+    /// replace its sessions one at a time, this long apart.
+    #[arg(long, env = "EPPMUX_ROTATION_INTERVAL", value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rotation_interval: Option<Duration>,
     /// Upstream sessions opened at start, per account.
     #[arg(long, env = "EPPMUX_POOL_MIN", value_name = "N", default_value = "1")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -370,6 +389,11 @@ pub struct AccountOptions {
     pub password: Option<Secret>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// A new password: changed at the registry with <newPW> by the next session opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_password: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_password_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_min: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

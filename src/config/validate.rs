@@ -162,6 +162,7 @@ pub(super) fn config(resolved: &Resolved, env: &EnvSecrets) -> Result<Config, Co
         shutdown_timeout: at.required("shutdown_timeout", &p.shutdown_timeout)?,
         log_format: at.required("log_format", &p.log_format)?,
         log_level: at.required("log_level", &p.log_level)?,
+        audit_log: at.file("audit_log", &p.audit_log),
     })
 }
 
@@ -283,6 +284,7 @@ fn registry(
         queue_max: at.at_least("queue_max", &o.queue_max, 1)?,
         queue_max_bytes,
         session_limit_hold: at.required("session_limit_hold", &o.session_limit_hold)?,
+        rotation_interval: at.required("rotation_interval", &o.rotation_interval)?,
     })
 }
 

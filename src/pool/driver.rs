@@ -14,12 +14,15 @@ use tracing::{info_span, Instrument};
 
 use super::core::{Action, Counters, Ended, OpenFailure, PoolCore, Refusal, SessionId, WaiterId};
 use super::{Inner, Link, PoolError, State};
-use crate::config::AccountConfig;
 use crate::metrics::{self, ResultLabel, RetryLabel};
 use crate::upstream::run::{Ending, Job, Owner};
-use crate::upstream::UpstreamTarget;
+use crate::upstream::Credentials;
 
 impl Inner {
+    pub(super) fn credentials(&self) -> Arc<Credentials> {
+        self.creds.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub(super) fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock leaves plain bookkeeping behind; keep serving with it.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -90,8 +93,7 @@ impl Inner {
     fn spawn_session(self: &Arc<Self>, id: SessionId) {
         // A root span: a session opened while another's (or a client's) span is current must not
         // nest under it, or every replacement adds a level to every log line.
-        let span =
-            info_span!(parent: None, "upstream", account = %self.parts.account.clid, session = id);
+        let span = info_span!(parent: None, "upstream", account = %self.clid, session = id);
         self.parts
             .tasks
             .spawn(crate::upstream::run::run(id, self.clone()).instrument(span));
@@ -100,7 +102,7 @@ impl Inner {
     /// Mirrors what changed in the pool's counters into the Prometheus metrics.
     fn export_counts(&self, before: &Counters, after: &Counters) {
         let m = &self.parts.metrics;
-        let clid = &self.parts.account.clid;
+        let clid = &self.clid;
         let registry = &self.parts.registry;
         let label = metrics::account(registry, clid);
         let delta = |f: fn(&Counters) -> u64| f(after).saturating_sub(f(before));
@@ -140,7 +142,7 @@ impl Inner {
             .logins
             .get_or_create(&ResultLabel {
                 registry: self.parts.registry.clone(),
-                account: self.parts.account.clid.clone(),
+                account: self.clid.clone(),
                 result,
             })
             .inc();
@@ -150,10 +152,7 @@ impl Inner {
         self.parts
             .metrics
             .queue_wait
-            .get_or_create(&metrics::account(
-                &self.parts.registry,
-                &self.parts.account.clid,
-            ))
+            .get_or_create(&metrics::account(&self.parts.registry, &self.clid))
             .observe(asked.elapsed().as_secs_f64());
     }
 
@@ -197,12 +196,8 @@ pub(super) async fn timer(inner: Arc<Inner>) {
 }
 
 impl Owner for Inner {
-    fn target(&self) -> &UpstreamTarget {
-        &self.parts.target
-    }
-
-    fn account(&self) -> &AccountConfig {
-        &self.parts.account
+    fn credentials(&self) -> Arc<Credentials> {
+        Inner::credentials(self)
     }
 
     fn shutdown(&self) -> &CancellationToken {

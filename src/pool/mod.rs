@@ -33,8 +33,9 @@ use tracing::{info, warn};
 use self::core::{Counters, Grant, Limits, PoolCore, Refusal, SessionId, Stats, WaiterId};
 use crate::config::AccountConfig;
 use crate::metrics::{self, Metrics, SessionStateLabel};
+use crate::secret::Secret;
 use crate::upstream::run::{Job, JobError};
-use crate::upstream::{ExchangeError, Reply, UpstreamTarget};
+use crate::upstream::{Credentials, ExchangeError, Passwords, Reply, UpstreamTarget};
 
 /// Attempts for one command: hand-offs of commands that never left, re-sends after "not logged
 /// in", and re-sends of lost queries all count.
@@ -60,6 +61,25 @@ pub struct PoolSettings {
     pub queue_max: usize,
     pub queue_max_bytes: usize,
     pub session_limit_hold: Duration,
+    pub rotation_interval: Duration,
+}
+
+impl PoolSettings {
+    /// The limits the bookkeeping enforces for `acc`.
+    fn limits(&self, acc: &AccountConfig) -> Limits {
+        Limits {
+            min: acc.pool_min,
+            max: acc.pool_max,
+            depth: acc.lifecycle.pipeline_depth.max(1),
+            max_commands: acc.lifecycle.max_commands,
+            queue_max: self.queue_max,
+            queue_max_bytes: self.queue_max_bytes,
+            session_limit_hold: self.session_limit_hold,
+            logins_per_minute: acc.max_logins_per_minute,
+            commands_per_second: acc.max_commands_per_second,
+            rotation_interval: self.rotation_interval,
+        }
+    }
 }
 
 /// What a pool is started with.
@@ -85,6 +105,10 @@ pub struct Pool {
 
 struct Inner {
     parts: PoolParts,
+    /// The account's clID: what identifies the pool (its credentials may change, not this).
+    clid: String,
+    /// What sessions log in with; replaced whole by a reload (see [`Pool::reconfigure`]).
+    creds: std::sync::RwLock<Arc<Credentials>>,
     state: Mutex<State>,
     /// Bumped after every event, for [`Pool::wait_for`].
     changed: watch::Sender<()>,
@@ -110,20 +134,19 @@ impl Pool {
     /// Creates the pool and starts opening its `pool_min` sessions. Session tasks are spawned on
     /// `parts.tasks` and end when `parts.shutdown` is cancelled (after a `<logout>`).
     pub fn start(parts: PoolParts) -> Pool {
-        let acc = &parts.account;
-        let limits = Limits {
-            min: acc.pool_min,
-            max: acc.pool_max,
-            depth: acc.lifecycle.pipeline_depth.max(1),
-            max_commands: acc.lifecycle.max_commands,
-            queue_max: parts.settings.queue_max,
-            queue_max_bytes: parts.settings.queue_max_bytes,
-            session_limit_hold: parts.settings.session_limit_hold,
-            logins_per_minute: acc.max_logins_per_minute,
-            commands_per_second: acc.max_commands_per_second,
-        };
+        let limits = parts.settings.limits(&parts.account);
         let now = Instant::now();
+        let creds = Arc::new(Credentials {
+            target: parts.target.clone(),
+            passwords: Arc::new(Mutex::new(Passwords::new(
+                parts.account.password.clone(),
+                parts.account.new_password.clone(),
+            ))),
+            account: parts.account.clone(),
+        });
         let inner = Arc::new(Inner {
+            clid: parts.account.clid.clone(),
+            creds: std::sync::RwLock::new(creds),
             state: Mutex::new(State {
                 core: PoolCore::new(limits, now, fastrand::u64(..)),
                 waiters: HashMap::new(),
@@ -140,7 +163,7 @@ impl Pool {
     }
 
     pub fn clid(&self) -> &str {
-        &self.inner.parts.account.clid
+        &self.inner.clid
     }
 
     /// The registry's name ("" for the single registry of the flat form).
@@ -172,6 +195,7 @@ impl Pool {
                     "commands": s.commands,
                     "in_flight": s.in_flight,
                     "retiring": s.retiring,
+                    "old_credentials": s.stale,
                 })
             })
             .collect();
@@ -191,6 +215,8 @@ impl Pool {
             "login_tokens": stats.login_tokens,
             "login_budget_wait_ms": stats.login_budget_wait.map(|d| d.as_millis() as u64),
             "last_error": st.core.last_error(),
+            "old_credential_sessions": stats.stale,
+            "password": self.inner.credentials().passwords_in_use(),
             "sessions": sessions,
             "counters": st.core.counters(),
         })
@@ -231,6 +257,98 @@ impl Pool {
     pub fn resize(&self, min: usize, max: usize) {
         info!(account = %self.clid(), min, max, "resizing pool");
         self.inner.event(|core, now| core.resize(now, min, max));
+    }
+
+    /// Whether sessions opened with the running credentials must be replaced to use `account`
+    /// at `target`: another registry address or TLS identity, or another password than the one
+    /// in force (a password change asked for counts; moving an accomplished change from
+    /// `new_password` into `password` does not).
+    pub fn needs_new_credentials(&self, account: &AccountConfig, target: &UpstreamTarget) -> bool {
+        let creds = self.inner.credentials();
+        if creds.target.identity != target.identity {
+            return true;
+        }
+        let passwords = lock(&creds.passwords);
+        let same = |a: Option<&Secret>, b: Option<&Secret>| match (a, b) {
+            (Some(a), Some(b)) => a.ct_eq(b.expose()),
+            (None, None) => true,
+            _ => false,
+        };
+        let current = passwords.current();
+        match &account.new_password {
+            None => !account.password.ct_eq(current.expose()),
+            Some(new) => {
+                !same(Some(new), passwords.requested())
+                    || !(account.password.ct_eq(current.expose()) || new.ct_eq(current.expose()))
+            }
+        }
+    }
+
+    /// Tries `account` at `target` with one session of its own (connect, log in — making a
+    /// password change if one is asked for — and log out), before a reload commits to it.
+    /// Returns the credentials to adopt, with what the login taught about the passwords.
+    pub async fn try_credentials(
+        &self,
+        account: &AccountConfig,
+        target: Arc<UpstreamTarget>,
+    ) -> Result<Arc<Credentials>, crate::upstream::OpenError> {
+        let passwords = Arc::new(Mutex::new(Passwords::new(
+            account.password.clone(),
+            account.new_password.clone(),
+        )));
+        let cltrid = format!("eppmux-reload-{}", fastrand::u32(..));
+        let connected = crate::upstream::session::connect(&target, |_| {}).await?;
+        let session = connected
+            .login(account, &passwords, &cltrid, target.step_timeout)
+            .await?;
+        session
+            .logout(&format!("{cltrid}-out"), target.step_timeout)
+            .await;
+        Ok(Arc::new(Credentials {
+            target,
+            account: account.clone(),
+            passwords,
+        }))
+    }
+
+    /// Applies a reload to this pool: new limits and session options at once; with `creds`
+    /// (tried already), new credentials for the sessions that open next and every current session
+    /// replaced in turn (see `PoolCore::rotate`). Without, the running credentials stay — only
+    /// their account options are refreshed.
+    pub fn reconfigure(
+        &self,
+        account: &AccountConfig,
+        settings: PoolSettings,
+        creds: Option<Arc<Credentials>>,
+    ) {
+        let rotate = creds.is_some();
+        let next = creds.unwrap_or_else(|| {
+            let running = self.inner.credentials();
+            // The same passwords in force: keep what is known about them, unless the
+            // configuration now names them differently (an accomplished change moved into
+            // `password`).
+            let passwords = if account.new_password.is_none()
+                && lock(&running.passwords).requested().is_some()
+            {
+                Arc::new(Mutex::new(Passwords::new(account.password.clone(), None)))
+            } else {
+                running.passwords.clone()
+            };
+            Arc::new(Credentials {
+                target: running.target.clone(),
+                account: account.clone(),
+                passwords,
+            })
+        });
+        *self.inner.creds.write().unwrap_or_else(|p| p.into_inner()) = next;
+        let limits = settings.limits(account);
+        self.inner.event(|core, now| {
+            let mut actions = core.set_limits(now, limits);
+            if rotate {
+                actions.extend(core.rotate(now));
+            }
+            actions
+        });
     }
 
     /// Waits until the pool's sessions satisfy `pred` (e.g. "at least one logged in").
@@ -409,6 +527,17 @@ impl Lease {
             Some(jobs) => jobs.send(job).await.is_ok(),
             None => false,
         }
+    }
+}
+
+fn lock(passwords: &Mutex<Passwords>) -> std::sync::MutexGuard<'_, Passwords> {
+    passwords.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Credentials {
+    /// For `/status`.
+    fn passwords_in_use(&self) -> &'static str {
+        lock(&self.passwords).describe()
     }
 }
 

@@ -91,13 +91,16 @@ impl Answers {
                 got: response.cltrid,
             });
         }
-        if let Some(sv) = response.svtrid {
-            self.remember(sv);
+        if let Some(sv) = &response.svtrid {
+            self.remember(sv.clone());
         }
         Verdict::Answer(Reply {
             frame,
             code: response.code,
             msg: response.msg,
+            svtrid: response.svtrid,
+            // Filled in by the session that read it.
+            session: 0,
         })
     }
 

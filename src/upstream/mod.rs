@@ -5,22 +5,30 @@
 //! the pool's business (`crate::pool`), which drives `run` through its [`run::Owner`] trait.
 
 pub mod answer;
+pub mod password;
 pub mod run;
 pub mod session;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
-use crate::config::UpstreamConfig;
+use crate::config::{AccountConfig, UpstreamConfig};
 use crate::tls::TlsError;
 
+pub use password::Passwords;
 pub use session::Session;
 
 /// What every session of every account shares: where the registry is and how to reach it.
 pub struct UpstreamTarget {
+    /// A digest of everything that decides which registry this is and how eppmux proves who it
+    /// is: address, server name, and the bytes of the CA, certificate and key. A reload compares
+    /// it to tell whether sessions must be replaced (certificate files are often rewritten in
+    /// place, so paths alone say nothing).
+    pub identity: [u8; 32],
     pub addr: String,
     pub server_name: ServerName<'static>,
     pub connector: TlsConnector,
@@ -36,6 +44,7 @@ impl UpstreamTarget {
             TlsError::Config(format!("upstream_server_name `{}`: {e}", cfg.server_name))
         })?;
         Ok(Self {
+            identity: identity(cfg)?,
             addr: cfg.addr.clone(),
             server_name,
             connector: TlsConnector::from(tls),
@@ -44,6 +53,44 @@ impl UpstreamTarget {
             max_frame,
         })
     }
+}
+
+/// See [`UpstreamTarget::identity`].
+fn identity(cfg: &UpstreamConfig) -> Result<[u8; 32], TlsError> {
+    let read = |source: &crate::keys::PemSource| {
+        source
+            .read()
+            .map_err(|e| TlsError::Config(format!("{source}: {e}")))
+    };
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [cfg.addr.as_bytes(), cfg.server_name.as_bytes()] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    let ca = match &cfg.ca {
+        Some(path) => read(&path.into())?,
+        None => Vec::new(),
+    };
+    for part in [ca, read(&cfg.cert)?, read(&cfg.key.pem)?] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(&part);
+    }
+    if let Some(p) = &cfg.key.passphrase {
+        ctx.update(p.expose().as_bytes());
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    Ok(out)
+}
+
+/// What a session logs in with, taken whole when it opens: a reload that changes any of it
+/// swaps in a new one for the sessions that open next.
+pub struct Credentials {
+    pub target: Arc<UpstreamTarget>,
+    pub account: AccountConfig,
+    /// Shared by the sessions of one set of credentials: a password change one of them makes
+    /// is what the next ones log in with.
+    pub passwords: Arc<Mutex<Passwords>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,4 +146,8 @@ pub struct Reply {
     pub frame: Bytes,
     pub code: u16,
     pub msg: String,
+    /// The registry's transaction id: what its support desk keys every answer by (audit trail).
+    pub svtrid: Option<String>,
+    /// The upstream session that carried the command (audit trail).
+    pub session: u64,
 }

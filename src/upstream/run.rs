@@ -19,8 +19,8 @@ use tracing::{debug, info, warn};
 
 use super::answer::{Expect, Verdict};
 use super::session::{connect, Session};
-use super::{ExchangeError, Reply, UpstreamTarget};
-use crate::config::{AccountConfig, SessionLifecycle};
+use super::{Credentials, ExchangeError, Reply};
+use crate::config::SessionLifecycle;
 use crate::epp;
 
 const LOGOUT_WAIT: Duration = Duration::from_secs(2);
@@ -56,8 +56,8 @@ pub enum Ending {
 
 /// The owner of a session: what it reads, and what it is told. The pool implements it.
 pub trait Owner: Send + Sync + 'static {
-    fn target(&self) -> &UpstreamTarget;
-    fn account(&self) -> &AccountConfig;
+    /// What the next session logs in with (taken once, when it opens).
+    fn credentials(&self) -> Arc<Credentials>;
     fn shutdown(&self) -> &CancellationToken;
     /// Cancelled when the shutdown deadline passes: give up on whatever is still pending.
     fn abort(&self) -> &CancellationToken;
@@ -79,11 +79,12 @@ pub trait Owner: Send + Sync + 'static {
 
 /// Runs session `id` from opening to its end.
 pub async fn run<O: Owner>(id: u64, owner: Arc<O>) {
-    let Some(session) = open(id, &owner).await else {
+    let creds = owner.credentials();
+    let Some(session) = open(id, &owner, &creds).await else {
         return;
     };
     info!(peer = ?session.peer, "upstream session logged in");
-    let lifecycle = owner.account().lifecycle;
+    let lifecycle = creds.account.lifecycle;
     let depth = lifecycle.pipeline_depth.max(1);
     let (tx, rx) = mpsc::channel::<Job>(depth);
     let retire = CancellationToken::new();
@@ -91,7 +92,7 @@ pub async fn run<O: Owner>(id: u64, owner: Arc<O>) {
     let now = Instant::now();
     let mut live = Live {
         id,
-        wait: owner.target().response_timeout,
+        wait: creds.target.response_timeout,
         owner,
         session,
         rx,
@@ -112,8 +113,8 @@ pub async fn run<O: Owner>(id: u64, owner: Arc<O>) {
 /// Opens the session. Until `<login>` is written, shutdown simply stops it; once written, the
 /// registry may count a session, so its answer is awaited (bounded by the step timeout) and a
 /// session that logged in is logged out again — unless the shutdown deadline passes first.
-async fn open<O: Owner>(id: u64, owner: &Arc<O>) -> Option<Session> {
-    let target = owner.target();
+async fn open<O: Owner>(id: u64, owner: &Arc<O>, creds: &Credentials) -> Option<Session> {
+    let target = &creds.target;
     let connected = tokio::select! {
         biased;
         _ = owner.shutdown().cancelled() => None,
@@ -128,7 +129,12 @@ async fn open<O: Owner>(id: u64, owner: &Arc<O>) -> Option<Session> {
         }
     };
     let cltrid = format!("eppmux-login-{id}");
-    let login = connected.login(owner.account(), &cltrid, target.step_timeout);
+    let login = connected.login(
+        &creds.account,
+        &creds.passwords,
+        &cltrid,
+        target.step_timeout,
+    );
     let result = tokio::select! {
         r = login => r,
         _ = owner.abort().cancelled() => {
@@ -341,7 +347,8 @@ impl<O: Owner> Live<O> {
         }
     }
 
-    fn on_answer(&mut self, reply: Reply) -> Option<End> {
+    fn on_answer(&mut self, mut reply: Reply) -> Option<End> {
+        reply.session = self.id;
         let now = Instant::now();
         self.last_answer = now;
         self.last_activity = now;

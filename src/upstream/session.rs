@@ -6,6 +6,7 @@
 //! written the registry may count a session, which deserves its answer and a `<logout>`.
 
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,8 +15,10 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_rustls::client::TlsStream;
 use tokio_util::codec::Framed;
+use tracing::{info, warn};
 
 use super::answer::{Answers, Expect, Verdict};
+use super::password::{Attempt, Learned, Passwords};
 use super::{ExchangeError, OpenError, UpstreamTarget};
 use crate::config::AccountConfig;
 use crate::epp::{self, Message};
@@ -102,17 +105,62 @@ pub async fn connect(
 }
 
 impl Connected {
-    /// Logs in with the account's credentials and the services it names (or the greeting's).
+    /// Logs in as `account`, with the password `passwords` says (see `super::password`): a second
+    /// login on the same connection when it says so, every answer reported to it. Services are
+    /// the account's, or the greeting's.
     pub async fn login(
         mut self,
         account: &AccountConfig,
+        passwords: &Mutex<Passwords>,
         cltrid: &str,
         step: Duration,
     ) -> Result<Session, OpenError> {
         let started = Instant::now();
+        let mut attempt = lock(passwords).first();
+        let mut cltrid = cltrid.to_string();
+        loop {
+            let (code, msg) = self.send_login(account, &attempt, &cltrid, step).await?;
+            let learned = lock(passwords).learn(&attempt, code, &msg);
+            report(&account.clid, learned);
+            if code == 1000 {
+                self.timings.login = started.elapsed();
+                return Ok(Session {
+                    framed: self.framed,
+                    peer: self.peer,
+                    timings: self.timings,
+                    greeting: self.greeting,
+                    answers: Answers::default(),
+                });
+            }
+            let again = lock(passwords).after(&attempt, code);
+            match again {
+                Some(next) if !cltrid.ends_with("-again") => {
+                    attempt = next;
+                    cltrid.push_str("-again");
+                }
+                _ => return Err(OpenError::LoginRefused { code, msg }),
+            }
+        }
+    }
+
+    /// One `<login>`, and the registry's answer to it.
+    async fn send_login(
+        &mut self,
+        account: &AccountConfig,
+        attempt: &Attempt,
+        cltrid: &str,
+        step: Duration,
+    ) -> Result<(u16, String), OpenError> {
         let obj_uris = account.obj_uris.as_ref().unwrap_or(&self.greeting.obj_uris);
         let ext_uris = account.ext_uris.as_ref().unwrap_or(&self.greeting.ext_uris);
-        let login = epp::login(&account.clid, &account.password, obj_uris, ext_uris, cltrid);
+        let login = epp::login(
+            &account.clid,
+            &attempt.pw,
+            attempt.new_pw.as_ref(),
+            obj_uris,
+            ext_uris,
+            cltrid,
+        );
         self.framed
             .send(login)
             .await
@@ -122,37 +170,54 @@ impl Connected {
             })?;
         let answer = read_step(&mut self.framed, "login", step).await?;
         match epp::sniff(&answer) {
-            Ok(Message::Response(r)) if r.code == 1000 => {
-                self.timings.login = started.elapsed();
-                Ok(Session {
-                    framed: self.framed,
-                    peer: self.peer,
-                    timings: self.timings,
-                    greeting: self.greeting,
-                    answers: Answers::default(),
-                })
-            }
-            Ok(Message::Response(r)) => Err(OpenError::LoginRefused {
-                code: r.code,
-                msg: r.msg,
-            }),
+            Ok(Message::Response(r)) => Ok((r.code, r.msg)),
             Ok(other) => Err(unexpected("login", format!("{other:?}"))),
             Err(e) => Err(unexpected("login", e.to_string())),
         }
     }
 }
 
+/// Says in the log what a login taught about the account's passwords.
+fn report(clid: &str, learned: Learned) {
+    match learned {
+        Learned::Nothing => {}
+        Learned::Changed => info!(
+            account = clid,
+            "the registry accepted the new password: every later session logs in with it; move new_password into password (and remove new_password) in the configuration"
+        ),
+        Learned::AlreadyNew => info!(
+            account = clid,
+            "the registry already has the new password (changed by another eppmux instance or an earlier run): logging in with it; move new_password into password in the configuration"
+        ),
+        Learned::ChangeRefused { code, msg } => warn!(
+            account = clid,
+            code,
+            msg = %crate::shown::shown(&msg),
+            "the registry refused the password change: keeping the old password (correct new_password, then SIGHUP)"
+        ),
+    }
+}
+
+fn lock(passwords: &Mutex<Passwords>) -> std::sync::MutexGuard<'_, Passwords> {
+    passwords.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Session {
-    /// Connects, reads the greeting and logs in, in one go (for `eppmux check`).
+    /// Connects, reads the greeting and logs in, in one go (for `eppmux check`): with the
+    /// password, or the new password if the registry has it already — never changing it.
     pub async fn open(
         target: &UpstreamTarget,
         account: &AccountConfig,
         login_cltrid: &str,
         on_greeting: impl FnOnce(Bytes),
     ) -> Result<Session, OpenError> {
+        let passwords = Mutex::new(Passwords::without_change(
+            account.password.clone(),
+            account.new_password.clone(),
+        ));
         connect(target, on_greeting)
             .await?
-            .login(account, login_cltrid, target.step_timeout)
+            .login(account, &passwords, login_cltrid, target.step_timeout)
             .await
     }
 

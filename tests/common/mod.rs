@@ -145,6 +145,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// A minimal EPP client: frames in, frames out, no interpretation beyond `epp::sniff`.
 pub struct Client {
     pub framed: Framed<Box<dyn Io>, EppCodec>,
+    /// The fingerprint (`sha256:hex`) of the certificate the server presented, over TLS.
+    pub server_cert: Option<String>,
 }
 
 pub fn client_tls_config(identity: Option<(&str, &str)>) -> Arc<rustls::ClientConfig> {
@@ -164,8 +166,13 @@ impl Client {
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
             .unwrap();
+        let server_cert = tls.get_ref().1.peer_certificates();
+        let server_cert = server_cert
+            .and_then(|c| c.first())
+            .map(|c| eppmux::fingerprint(c));
         Client {
             framed: Framed::new(Box::new(tls), EppCodec::default()),
+            server_cert,
         }
     }
 
@@ -173,6 +180,7 @@ impl Client {
         let tcp = TcpStream::connect(addr).await.unwrap();
         Client {
             framed: Framed::new(Box::new(tcp), EppCodec::default()),
+            server_cert: None,
         }
     }
 
@@ -184,6 +192,7 @@ impl Client {
         parts.write_buf = old.write_buf;
         Client {
             framed: Framed::from_parts(parts),
+            server_cert: self.server_cert,
         }
     }
 

@@ -1,4 +1,5 @@
-//! What a mock registry does with each command: login against its accounts and session cap,
+//! What a mock registry does with each command: login against its accounts (a `<newPW>` changes
+//! the password) and session cap,
 //! logout, and domain check/info/create/delete/poll against its in-memory domains, with the
 //! `hold-*` and `mismatch-*` behaviours tests rely on.
 
@@ -8,7 +9,7 @@ use quick_xml::name::{Namespace, ResolveResult};
 use quick_xml::NsReader;
 use std::sync::atomic::Ordering;
 use tokio::time::sleep;
-use tracing::warn;
+use tracing::{info, warn};
 
 use eppmux_wire::epp::{self, Command, Message, EPP_NS};
 
@@ -130,25 +131,38 @@ fn login(cmd: &Command, session: &mut Session, shared: &Shared, sv: &str) -> (By
         return (reply(code, msg), after);
     }
     let login = cmd.login.clone().unwrap_or_default();
-    let ok = shared
-        .cfg
-        .accounts
-        .get(&login.clid)
-        .is_some_and(|pw| login.pw.ct_eq(pw));
-    if !ok {
-        return (reply(2200, "Authentication error"), After::Continue);
-    }
     {
         let mut st = shared.state();
-        let n = st.sessions.entry(login.clid.clone()).or_default();
-        if *n >= shared.cfg.session_cap {
+        let ok = st
+            .passwords
+            .get(&login.clid)
+            .is_some_and(|pw| login.pw.ct_eq(pw));
+        if !ok {
+            return (reply(2200, "Authentication error"), After::Continue);
+        }
+        let n = st.sessions.get(&login.clid).copied().unwrap_or(0);
+        if n >= shared.cfg.session_cap {
             warn!(clid = %login.clid, cap = shared.cfg.session_cap, "mock registry: session limit reached");
             return (
                 reply(2502, "Session limit exceeded; server closing connection"),
                 After::Close,
             );
         }
-        *n += 1;
+        if let Some(new_pw) = &login.new_pw {
+            // The EPP schema's pwType: 6 to 16 characters. A registry's own policy refuses
+            // more; this one stands for all of them.
+            let new_pw = new_pw.expose();
+            if !(6..=16).contains(&new_pw.chars().count()) {
+                return (reply(2004, "Parameter value range error"), After::Continue);
+            }
+            info!(clid = %login.clid, "mock registry: password changed by a login with newPW");
+            st.passwords.insert(login.clid.clone(), new_pw.to_string());
+        }
+        *st.sessions.entry(login.clid.clone()).or_default() += 1;
+        if let Some(cert) = &session.cert {
+            *st.logins_by_cert.entry(cert.clone()).or_default() += 1;
+            *st.live_by_cert.entry(cert.clone()).or_default() += 1;
+        }
     }
     let active = shared.stats.active_sessions.fetch_add(1, Ordering::Relaxed) + 1;
     shared

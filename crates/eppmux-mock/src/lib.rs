@@ -1,9 +1,10 @@
 //! A small EPP registry for the demo, the tests, the benchmarks and docker-compose. It speaks real
 //! TLS and requires a client certificate, like a real registry, and keeps domains in memory.
 //!
-//! It implements greeting, hello, login (with a per-clID session cap answered by 2502 and a
-//! close), logout, domain check/info/create/delete, poll (always empty), a per-command processing
-//! time and an idle timeout (close, or "forget" the session and answer 2002 "not logged in").
+//! It implements greeting, hello, login (with `<newPW>` changing the password, and a per-clID
+//! session cap answered by 2502 and a close), logout, domain check/info/create/delete, poll
+//! (always empty), a per-command processing time and an idle timeout (close, or "forget" the
+//! session and answer 2002 "not logged in"). It counts logins per client certificate.
 //!
 //! For resilience tests it injects faults — queued ones for deterministic tests
 //! ([`MockRegistry::push_fault`], [`MockRegistry::push_login_refusal`]) or random ones
@@ -67,10 +68,12 @@ impl MockRegistry {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let chaos = cfg.chaos.map(|c| (c, fastrand::Rng::with_seed(c.seed)));
+        let passwords = cfg.accounts.clone();
         let shared = Arc::new(Shared {
             cfg,
             state: Mutex::new(State {
                 chaos,
+                passwords,
                 ..State::default()
             }),
             stats: MockStats::default(),
@@ -171,6 +174,38 @@ impl MockRegistry {
         self.shared.release.add_permits(n);
     }
 
+    /// Sees every counted event (a login, a session's end, a command), for a test that samples
+    /// a counter as it moves.
+    pub fn changes(&self) -> watch::Receiver<()> {
+        self.shared.changed.subscribe()
+    }
+
+    /// An account's password now (a login with `<newPW>` changes it).
+    pub fn password(&self, clid: &str) -> Option<String> {
+        self.shared.state().passwords.get(clid).cloned()
+    }
+
+    /// Changes an account's password, as another client of the registry would.
+    pub fn set_password(&self, clid: &str, password: &str) {
+        let mut st = self.shared.state();
+        st.passwords.insert(clid.to_string(), password.to_string());
+    }
+
+    /// Successful logins so far per client-certificate fingerprint (`sha256:hex`).
+    pub fn logins_by_certificate(&self) -> HashMap<String, usize> {
+        self.shared.state().logins_by_cert.clone()
+    }
+
+    /// Logged-in sessions now per client-certificate fingerprint (`sha256:hex`).
+    pub fn sessions_by_certificate(&self) -> HashMap<String, usize> {
+        let st = self.shared.state();
+        st.live_by_cert
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| (k.clone(), *n))
+            .collect()
+    }
+
     /// Whether a domain is registered (names are case-insensitive).
     pub fn domain_exists(&self, name: &str) -> bool {
         self.shared
@@ -228,7 +263,11 @@ async fn accept_loop(
                     sleep(rtt).await;
                 }
                 match accepted {
-                    Ok(tls) => serve_session(tls, id, shared, shutdown).await,
+                    Ok(tls) => {
+                        let cert = tls.get_ref().1.peer_certificates();
+                        let cert = cert.and_then(|c| c.first()).map(|c| state::fingerprint(c));
+                        serve_session(tls, id, cert, shared, shutdown).await
+                    }
                     Err(e) => info!(error = %e, "mock registry: TLS handshake refused"),
                 }
             }

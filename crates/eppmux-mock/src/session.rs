@@ -215,6 +215,7 @@ async fn delay_until(at: Instant) {
 pub(crate) async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
     id: u64,
+    cert: Option<String>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
@@ -223,6 +224,7 @@ pub(crate) async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'st
     let mut session = Session {
         id,
         clid: None,
+        cert,
         forgotten: false,
     };
     while let Some(frame) = next_frame(&mut link, &mut session, &shared, &shutdown).await {
@@ -232,9 +234,14 @@ pub(crate) async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'st
     }
     link.finish().await;
     if let Some(clid) = session.clid {
-        if let Some(n) = shared.state().sessions.get_mut(&clid) {
+        let mut st = shared.state();
+        if let Some(n) = st.sessions.get_mut(&clid) {
             *n = n.saturating_sub(1);
         }
+        if let Some(n) = session.cert.and_then(|c| st.live_by_cert.get_mut(&c)) {
+            *n = n.saturating_sub(1);
+        }
+        drop(st);
         shared.stats.active_sessions.fetch_sub(1, Ordering::Relaxed);
         shared.changed.send_replace(());
     }

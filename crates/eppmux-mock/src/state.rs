@@ -54,6 +54,14 @@ pub(crate) struct State {
     pub(crate) domains: HashMap<String, DomainRecord>,
     /// Logged-in sessions per clID, against the session cap.
     pub(crate) sessions: HashMap<String, usize>,
+    /// clID → current password: starts as configured, changed by a login with `<newPW>` (or
+    /// by a test standing in for another client of the registry).
+    pub(crate) passwords: HashMap<String, String>,
+    /// Successful logins per client-certificate fingerprint (`sha256:hex`), to tell which
+    /// certificate a registrar used.
+    pub(crate) logins_by_cert: HashMap<String, usize>,
+    /// Logged-in sessions now, per client-certificate fingerprint.
+    pub(crate) live_by_cert: HashMap<String, usize>,
     /// Every command processed (or refused by a fault) with its answer.
     pub(crate) transcript: Vec<Exchange>,
     /// Every frame received, processed or not: (connection, frame).
@@ -115,6 +123,13 @@ pub(crate) struct Shared {
     pub(crate) svtrid: AtomicU64,
     /// The next created domain's roid number.
     pub(crate) roid: AtomicU64,
+}
+
+/// A certificate's fingerprint as eppmux writes it: `sha256:` and the hex of the DER's SHA-256.
+pub(crate) fn fingerprint(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 impl Shared {
@@ -186,6 +201,8 @@ pub(crate) struct Session {
     pub(crate) id: u64,
     /// Who logged in, once someone has.
     pub(crate) clid: Option<String>,
+    /// The fingerprint of the client certificate its TLS handshake presented.
+    pub(crate) cert: Option<String>,
     /// The registry has forgotten the login (idle, or an injected fault).
     pub(crate) forgotten: bool,
 }

@@ -70,9 +70,18 @@ fn the_frames_eppmux_writes_are_read_alike() {
         epp::login(
             "reg&1",
             &Secret::new("p<w"),
+            None,
             &[DOMAIN_NS.into(), HOST_NS.into()],
             &["urn:ietf:params:xml:ns:secDNS-1.1".into()],
             "login-1",
+        ),
+        epp::login(
+            "reg1",
+            &Secret::new("old"),
+            Some(&Secret::new("n&w<")),
+            &[DOMAIN_NS.into()],
+            &[],
+            "login-2",
         ),
     ];
     for frame in frames {

@@ -11,7 +11,7 @@ use eppmux::{UpstreamSession as Session, UpstreamTarget};
 use crate::{init_logging, Invocation};
 
 pub async fn check(mut invocation: Invocation, only: Option<&str>) -> Result<()> {
-    init_logging(LogFormat::Text, "warn")?;
+    init_logging(LogFormat::Text, "warn", None)?;
     // Listeners are irrelevant here; let a command line without them pass validation.
     let flat = &mut invocation.explicit.options.registry;
     if flat.listen.is_none() && flat.listen_tls.is_none() && invocation.file.is_none() {

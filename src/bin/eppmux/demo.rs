@@ -17,7 +17,7 @@ use crate::run::{serve, wait_for_signal};
 
 /// Runs only the mock registry.
 pub async fn mock(args: MockArgs) -> Result<()> {
-    init_logging(args.log_format, "info")?;
+    init_logging(args.log_format, "info", None)?;
     let tls = eppmux::tls::server_config(&args.cert, &args.key, Some(&args.client_ca))?;
     let mut accounts = HashMap::new();
     for entry in &args.accounts {
@@ -77,7 +77,7 @@ fn demo_certs(dir: &Path) -> Result<PathBuf> {
 
 /// The mock registry on loopback and eppmux in front of it, with the example certificates.
 pub async fn demo(args: DemoArgs) -> Result<()> {
-    init_logging(args.log_format, "info")?;
+    init_logging(args.log_format, "info", None)?;
     let certs = demo_certs(&args.certs)?;
     let (clid, password) = ("registrar1", "s3cret-Pw");
     let registry_tls = eppmux::tls::server_config(

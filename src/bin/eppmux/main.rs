@@ -8,11 +8,17 @@ mod demo;
 mod run;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
+
+use eppmux::audit::AuditFile;
 use eppmux::cli::{CaBundleArgs, Cli, Command, HealthArgs, RunArgs};
 use eppmux::config::{Config, EnvSecrets, Explicit, LogFormat};
 
@@ -77,23 +83,97 @@ impl Invocation {
     }
 }
 
-pub fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+/// The log as set up at start, and what a SIGHUP may change in it.
+pub struct Logging {
+    filter: reload::Handle<EnvFilter, Registry>,
+    level: String,
+    format: LogFormat,
+    audit: AuditFile,
+    audit_path: Option<PathBuf>,
+}
+
+/// Logs to stderr in `format`, filtered by `filter`; audit events also to `audit_log`.
+pub fn init_logging(format: LogFormat, filter: &str, audit_log: Option<&Path>) -> Result<Logging> {
+    let env_filter = EnvFilter::try_new(filter)
         .with_context(|| format!("log_level: `{filter}` is not a valid filter"))?;
+    let (reloadable, handle) = reload::Layer::new(env_filter);
+    let audit = AuditFile::open(audit_log).with_context(|| {
+        format!(
+            "audit_log: cannot open {}",
+            audit_log
+                .map(Path::display)
+                .map(|d| d.to_string())
+                .unwrap_or_default()
+        )
+    })?;
     // Colour codes only for a person at a terminal, not in docker or journald logs.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
+    let main = match format {
+        LogFormat::Text => fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .init(),
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    // The audit file has the audit events only, whatever the log level.
+    let audit_layer = fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_writer(audit.clone())
+        .with_filter(Targets::new().with_target(eppmux::audit::TARGET, Level::INFO));
+    tracing_subscriber::registry()
+        .with(main.with_filter(reloadable))
+        .with(audit_layer)
+        .init();
+    Ok(Logging {
+        filter: handle,
+        level: filter.to_string(),
+        format,
+        audit,
+        audit_path: audit_log.map(Path::to_path_buf),
+    })
+}
+
+impl Logging {
+    /// SIGHUP, whatever else happens: the audit file is opened again at its path, so that
+    /// logrotate's `postrotate` signal moves writing to the new file.
+    pub fn reopen_audit(&self) {
+        if let Err(e) = self.audit.reopen(self.audit_path.as_deref()) {
+            tracing::warn!(error = %e, "SIGHUP: cannot reopen the audit log; writing on to the old file");
+        }
     }
-    Ok(())
+
+    /// A reload that went through: the new log level and audit file. The format needs a restart.
+    pub fn apply(&mut self, cfg: &Config) {
+        if cfg.log_level != self.level {
+            let applied = EnvFilter::try_new(&cfg.log_level)
+                .ok()
+                .is_some_and(|f| self.filter.reload(f).is_ok());
+            if applied {
+                tracing::info!(log_level = %cfg.log_level, "SIGHUP: log level changed");
+                self.level = cfg.log_level.clone();
+            } else {
+                tracing::warn!(log_level = %cfg.log_level, "SIGHUP: log level not applied");
+            }
+        }
+        if cfg.audit_log != self.audit_path {
+            match self.audit.reopen(cfg.audit_log.as_deref()) {
+                Ok(()) => self.audit_path = cfg.audit_log.clone(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "SIGHUP: cannot open the new audit log; keeping the old one")
+                }
+            }
+        }
+        if cfg.log_format != self.format {
+            tracing::warn!("SIGHUP: log_format changes take effect at the next restart");
+        }
+    }
 }
 
 /// `eppmux ca-bundle`: the system roots plus eppmux's CA in one file, for `SSL_CERT_FILE`.

@@ -1,5 +1,5 @@
-//! `eppmux [run]`: the proxy, until SIGINT/SIGTERM (a second one exits at once); SIGHUP re-reads
-//! the configuration and applies what can change without a restart.
+//! `eppmux [run]`: the proxy, until SIGINT/SIGTERM (a second one exits at once); SIGHUP reopens
+//! the audit log, re-reads the configuration and applies it without dropping a client.
 
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
@@ -8,22 +8,22 @@ use tracing::{info, warn};
 use eppmux::config::Config;
 use eppmux::Proxy;
 
-use crate::{init_logging, Invocation};
+use crate::{init_logging, Invocation, Logging};
 
 pub async fn run(invocation: Invocation) -> Result<()> {
     let cfg = invocation.load()?;
     if invocation.print_config {
         return invocation.print(&cfg);
     }
-    init_logging(cfg.log_format, &cfg.log_level)?;
-    serve(cfg, Some(invocation)).await
+    let logging = init_logging(cfg.log_format, &cfg.log_level, cfg.audit_log.as_deref())?;
+    serve(cfg, Some((invocation, logging))).await
 }
 
-/// Runs the proxy until a signal; with `invocation`, SIGHUP reloads what it names.
-pub async fn serve(cfg: Config, invocation: Option<Invocation>) -> Result<()> {
+/// Runs the proxy until a signal; with an invocation, SIGHUP reloads what it names.
+pub async fn serve(cfg: Config, mut reloadable: Option<(Invocation, Logging)>) -> Result<()> {
     let shutdown = CancellationToken::new();
     let proxy = Proxy::start(&cfg, shutdown.clone()).await?;
-    for r in &proxy.registries {
+    for r in &proxy.registries() {
         info!(
             registry = r.name.as_deref().unwrap_or(""),
             plain = ?r.plain_addr,
@@ -32,6 +32,7 @@ pub async fn serve(cfg: Config, invocation: Option<Invocation>) -> Result<()> {
             "eppmux started"
         );
     }
+    let mut running = cfg;
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -39,8 +40,10 @@ pub async fn serve(cfg: Config, invocation: Option<Invocation>) -> Result<()> {
         loop {
             tokio::select! {
                 _ = wait_for_signal() => break,
-                _ = hup.recv() => match &invocation {
-                    Some(invocation) => reload(invocation, &cfg, &proxy),
+                _ = hup.recv() => match &mut reloadable {
+                    Some((invocation, logging)) => {
+                        reload(invocation, logging, &mut running, &proxy).await
+                    }
                     None => info!("SIGHUP ignored: nothing to reload"),
                 },
             }
@@ -48,7 +51,7 @@ pub async fn serve(cfg: Config, invocation: Option<Invocation>) -> Result<()> {
     }
     #[cfg(not(unix))]
     wait_for_signal().await;
-    let _ = &invocation;
+    let _ = (&reloadable, &running);
     info!("shutting down: stopping listeners, logging out of upstream sessions");
     tokio::select! {
         complete = proxy.shutdown() => if complete {
@@ -61,61 +64,41 @@ pub async fn serve(cfg: Config, invocation: Option<Invocation>) -> Result<()> {
     Ok(())
 }
 
-/// SIGHUP: read the configuration again and apply what can change without a restart (pool
-/// sizes). An invalid configuration is refused and the running one kept.
-fn reload(invocation: &Invocation, running: &Config, proxy: &Proxy) {
+/// SIGHUP: reopen the audit log; read the configuration again and apply it (see
+/// `Proxy::reload`). An invalid configuration, or new credentials the registry refuses, change
+/// nothing.
+async fn reload(
+    invocation: &Invocation,
+    logging: &mut Logging,
+    running: &mut Config,
+    proxy: &Proxy,
+) {
+    logging.reopen_audit();
     let new = match invocation.load() {
         Ok(cfg) => cfg,
         Err(e) => {
-            proxy.metrics.count_reload(false);
+            let error = format!("{e:#}");
+            proxy.reload_refused(&error);
             return warn!(
-                error = format!("{e:#}"),
+                error,
                 "SIGHUP: configuration refused; keeping the running one"
             );
         }
     };
-    proxy.metrics.count_reload(true);
-    for r in &new.registries {
-        for acc in &r.accounts {
-            let pool = proxy
-                .pools
-                .iter()
-                .find(|p| p.registry() == r.label() && p.clid() == acc.clid);
-            match pool {
-                Some(pool) => {
-                    let stats = pool.stats();
-                    if (stats.pool_min, stats.pool_max) != (acc.pool_min, acc.pool_max) {
-                        pool.resize(acc.pool_min, acc.pool_max);
-                    }
-                }
-                None => {
-                    warn!(registry = r.label(), account = %acc.clid, "SIGHUP: new accounts and registries need a restart")
-                }
+    match proxy.reload(&new).await {
+        Ok(changes) => {
+            logging.apply(&new);
+            if new.admin != running.admin {
+                warn!("SIGHUP: the admin address changes at the next restart");
             }
+            info!(changes = changes.len(), "SIGHUP: configuration reloaded");
+            *running = new;
         }
+        Err(e) => warn!(
+            error = %e,
+            "SIGHUP: reload failed; nothing changed, the running configuration stays"
+        ),
     }
-    if restart_needed(running, &new) {
-        warn!("SIGHUP: listener, upstream, registry or account changes take effect at the next restart");
-    }
-    info!("SIGHUP: configuration reloaded");
-}
-
-fn restart_needed(running: &Config, new: &Config) -> bool {
-    let shape = |c: &Config| -> Vec<_> {
-        c.registries
-            .iter()
-            .map(|r| {
-                (
-                    r.name.clone(),
-                    r.listen,
-                    r.listen_tls,
-                    r.upstream.addr.clone(),
-                    r.accounts.len(),
-                )
-            })
-            .collect()
-    };
-    new.admin != running.admin || shape(new) != shape(running)
 }
 
 pub async fn wait_for_signal() {

@@ -26,12 +26,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+mod reconfigure;
 mod settle;
 #[cfg(test)]
 mod tests;
 mod timing;
 mod types;
 
+use reconfigure::Rotation;
 use timing::{backoff, Bucket, EPSILON};
 pub use types::{Action, Counters, Ended, Grant, Limits, OpenFailure, Refusal, SessionView, Stats};
 
@@ -50,7 +52,8 @@ const TRANSIENT_2502_RETRIES: u32 = 6;
 
 #[derive(Debug, Clone)]
 enum Slot {
-    Opening,
+    /// Logging in; true when with credentials a reload has replaced since.
+    Opening(bool),
     Live(Live),
 }
 
@@ -68,6 +71,8 @@ struct Live {
     /// When `in_flight` last fell to 0: among idle sessions the longest idle goes first, which
     /// spreads commands (and so keepalive needs) over the sessions.
     free_since: Instant,
+    /// Logged in with credentials a reload has replaced since: replaced in turn.
+    stale: bool,
 }
 
 /// The bookkeeping of one account's sessions. See the module docs.
@@ -98,6 +103,8 @@ pub struct PoolCore {
     /// The waiter last counted as held back by the command rate limit.
     throttled_head: Option<WaiterId>,
     closing: bool,
+    /// While sessions opened with replaced credentials remain.
+    rotation: Option<Rotation>,
     dead: usize,
     /// Sessions that ended or failed to open: the next ones opened are reconnects.
     to_replace: usize,
@@ -139,6 +146,7 @@ impl PoolCore {
             commands,
             throttled_head: None,
             closing: false,
+            rotation: None,
             dead: 0,
             to_replace: 0,
             last_error: None,
@@ -243,6 +251,7 @@ impl PoolCore {
         let max = self.effective_max(now);
         // A shrink while it was opening: log it out again rather than exceed the maximum.
         let surplus = self.live() >= max;
+        let stale = matches!(self.sessions.get(&id), Some(Slot::Opening(true)));
         if surplus {
             info!(
                 session = id,
@@ -260,6 +269,7 @@ impl PoolCore {
                 retiring: surplus,
                 retire_sent: false,
                 free_since: now,
+                stale,
             }),
         );
         self.settled(now, Vec::new())
@@ -377,32 +387,6 @@ impl PoolCore {
         self.settled(now, Vec::new())
     }
 
-    /// New pool sizes: sessions above the new maximum retire (the least busy first, each after
-    /// what it has in flight); below the new minimum, sessions open.
-    pub fn resize(&mut self, now: Instant, min: usize, max: usize) -> Vec<Action> {
-        self.limits.min = min;
-        self.limits.max = max;
-        let rate = f64::from(self.limits.login_rate()) / 60.0;
-        self.logins.reshape(max.max(1) as f64, rate, now);
-        let mut active: Vec<(usize, SessionId)> = self
-            .sessions
-            .iter()
-            .filter_map(|(id, slot)| match slot {
-                Slot::Live(s) if !s.retiring => Some((s.in_flight, *id)),
-                _ => None,
-            })
-            .collect();
-        active.sort_unstable();
-        let excess = active.len().saturating_sub(max);
-        for (_, id) in active.into_iter().take(excess) {
-            if let Some(Slot::Live(s)) = self.sessions.get_mut(&id) {
-                s.retiring = true;
-            }
-        }
-        info!(min, max, retiring = excess, "pool resized");
-        self.settled(now, Vec::new())
-    }
-
     /// Time passed: backoffs, holds and buckets may allow something now.
     pub fn tick(&mut self, now: Instant) -> Vec<Action> {
         self.settled(now, Vec::new())
@@ -442,7 +426,18 @@ impl PoolCore {
         let login_budget_wait = self
             .budget_blocked
             .then(|| self.logins.ready_at().saturating_duration_since(now));
+        let stale = self
+            .sessions
+            .values()
+            .filter(|slot| {
+                matches!(
+                    slot,
+                    Slot::Opening(true) | Slot::Live(Live { stale: true, .. })
+                )
+            })
+            .count();
         Stats {
+            stale,
             live: self.live(),
             idle,
             connecting: self.opening(),
@@ -468,8 +463,9 @@ impl PoolCore {
                     commands: s.written,
                     in_flight: s.in_flight,
                     retiring: s.retiring,
+                    stale: s.stale,
                 }),
-                Slot::Opening => None,
+                Slot::Opening(_) => None,
             })
             .collect()
     }
@@ -479,7 +475,7 @@ impl PoolCore {
     fn live_sessions(&self) -> impl Iterator<Item = &Live> {
         self.sessions.values().filter_map(|slot| match slot {
             Slot::Live(s) => Some(s),
-            Slot::Opening => None,
+            Slot::Opening(_) => None,
         })
     }
 
@@ -490,7 +486,7 @@ impl PoolCore {
     fn opening(&self) -> usize {
         self.sessions
             .values()
-            .filter(|s| matches!(s, Slot::Opening))
+            .filter(|s| matches!(s, Slot::Opening(_)))
             .count()
     }
 

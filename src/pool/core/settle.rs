@@ -13,6 +13,7 @@ impl PoolCore {
     pub(super) fn settled(&mut self, now: Instant, mut out: Vec<Action>) -> Vec<Action> {
         self.dispatch(now, &mut out);
         let open_wait = self.maintain(now, &mut out);
+        let rotation_wait = self.rotate_step(now, &mut out);
         for (id, slot) in self.sessions.iter_mut() {
             if let Slot::Live(s) = slot {
                 if s.retiring && s.in_flight == 0 && !s.retire_sent {
@@ -28,7 +29,7 @@ impl PoolCore {
             _ => None,
         };
         let hold_end = self.capped.map(|(_, until)| until);
-        self.wake = [open_wait, token_wait, hold_end]
+        self.wake = [open_wait, token_wait, hold_end, rotation_wait]
             .into_iter()
             .flatten()
             .filter(|_| !self.closing)
@@ -113,7 +114,7 @@ impl PoolCore {
             self.budget_blocked = false;
             let id = self.next_id;
             self.next_id += 1;
-            self.sessions.insert(id, Slot::Opening);
+            self.sessions.insert(id, Slot::Opening(false));
             let reconnect = self.to_replace > 0;
             if reconnect {
                 self.to_replace -= 1;

@@ -12,6 +12,7 @@ fn limits(min: usize, max: usize) -> Limits {
         session_limit_hold: Duration::from_secs(300),
         logins_per_minute: Some(6000),
         commands_per_second: None,
+        rotation_interval: Duration::from_secs(2),
     }
 }
 
@@ -439,4 +440,127 @@ fn nothing_opens_once_closing() {
     core.close();
     assert!(core.ended(t0, 1, Ended::Shutdown, None).is_empty());
     assert_eq!(core.next_wakeup(), None);
+}
+
+/// Live sessions (retiring ones included: they still serve what they hold).
+fn live_count(core: &mut PoolCore, now: Instant) -> usize {
+    core.stats(now).live
+}
+
+#[test]
+fn new_credentials_replace_every_session_one_at_a_time_spare_first() {
+    let t0 = Instant::now();
+    let mut core = with_live(limits(2, 3), 2, t0);
+    let mut now = t0;
+    let mut actions = core.rotate(now);
+    let mut replaced = Vec::new();
+    for _ in 0..2 {
+        let spare = opens(&actions);
+        assert_eq!(spare.len(), 1, "one spare opens first: {actions:?}");
+        assert!(
+            retires(&actions).is_empty(),
+            "nothing retires before the spare is in"
+        );
+        let retired = retires(&core.ready(now, spare[0]));
+        assert_eq!(retired.len(), 1, "then one stale session retires");
+        assert_eq!(live_count(&mut core, now), 3);
+        core.ended(now, retired[0], Ended::Retired, None);
+        assert_eq!(live_count(&mut core, now), 2, "never below the live count");
+        replaced.extend(retired);
+        assert!(
+            opens(&core.tick(now)).is_empty(),
+            "paced: rotation_interval apart"
+        );
+        now += limits(2, 3).rotation_interval;
+        actions = core.tick(now);
+    }
+    replaced.sort_unstable();
+    assert_eq!(replaced, vec![1, 2], "both old sessions replaced");
+    assert!(actions.is_empty(), "done: {actions:?}");
+    assert_eq!(core.stats(now).stale, 0);
+}
+
+#[test]
+fn a_fresh_session_already_logging_in_stands_in_as_the_spare() {
+    let t0 = Instant::now();
+    let mut core = with_live(limits(2, 3), 2, t0);
+    let spare = opens(&core.rotate(t0));
+    let retired = retires(&core.ready(t0, spare[0]));
+    core.ended(t0, retired[0], Ended::Retired, None);
+    // Before the next step, demand busies both sessions and the pool opens one more for the
+    // third command: a fresh session, logging in.
+    let t1 = t0 + secs(0.5);
+    core.request(t1, 1, 100, false);
+    core.request(t1, 2, 100, false);
+    let (_, actions) = core.request(t1, 3, 100, false);
+    let grown = opens(&actions);
+    assert_eq!(grown.len(), 1, "{actions:?}");
+    let now = t0 + limits(2, 3).rotation_interval;
+    let actions = core.tick(now);
+    assert!(
+        opens(&actions).is_empty(),
+        "no room for another: {actions:?}"
+    );
+    assert!(
+        !core.sessions(now).iter().any(|s| s.retiring),
+        "no stale session retires while a fresh one is logging in"
+    );
+    let actions = [
+        core.ready(now, grown[0]),
+        core.answered(now, 1),
+        core.answered(now, 2),
+    ]
+    .concat();
+    assert_eq!(
+        retires(&actions).len(),
+        1,
+        "once it is in, the last stale one goes: {actions:?}"
+    );
+}
+
+#[test]
+fn at_pool_max_a_stale_session_retires_first_but_not_while_opens_fail() {
+    let t0 = Instant::now();
+    let mut core = with_live(limits(1, 2), 1, t0);
+    core.request(t0, 1, 100, false);
+    let (_, actions) = core.request(t0, 2, 100, false);
+    core.ready(t0, opens(&actions)[0]);
+    core.answered(t0, 1);
+    core.answered(t0, 2);
+    let actions = core.rotate(t0);
+    assert_eq!(
+        retires(&actions).len(),
+        1,
+        "no room for a spare: {actions:?}"
+    );
+    assert!(opens(&actions).is_empty());
+
+    let mut core = with_live(limits(1, 2), 1, t0);
+    core.request(t0, 1, 100, false);
+    let (_, actions) = core.request(t0, 2, 100, false);
+    let failing = opens(&actions)[0];
+    core.open_failed(t0, failing, OpenFailure::Error, Some("refused".into()));
+    core.answered(t0, 1);
+    let actions = core.rotate(t0);
+    assert!(
+        retires(&actions).is_empty(),
+        "the only live session stays while the registry cannot be reached: {actions:?}"
+    );
+}
+
+#[test]
+fn new_credentials_end_the_stop_after_repeated_2200s() {
+    let t0 = Instant::now();
+    let mut core = PoolCore::new(limits(1, 1), t0, 1);
+    let mut now = t0;
+    let mut id = opens(&core.start(t0))[0];
+    for _ in 0..3 {
+        core.open_failed(now, id, OpenFailure::Refused(2200), Some("2200".into()));
+        now += secs(60.0);
+        id = opens(&core.tick(now)).first().copied().unwrap_or(0);
+    }
+    assert!(core.stats(now).unhealthy.is_some());
+    let actions = core.rotate(now);
+    assert_eq!(opens(&actions).len(), 1, "logging in again: {actions:?}");
+    assert!(core.stats(now).unhealthy.is_none());
 }

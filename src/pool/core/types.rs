@@ -21,6 +21,8 @@ pub struct Limits {
     /// Login budget refill; `None`: twice `max` per minute.
     pub logins_per_minute: Option<u32>,
     pub commands_per_second: Option<f64>,
+    /// After new credentials, how far apart the sessions opened with the old ones are replaced.
+    pub rotation_interval: Duration,
 }
 
 impl Limits {
@@ -132,6 +134,8 @@ pub struct Stats {
     pub login_tokens: u32,
     /// When the budget allows the next login, if opening is waiting for it.
     pub login_budget_wait: Option<Duration>,
+    /// Sessions (logged in or opening) opened with credentials a reload has replaced.
+    pub stale: usize,
 }
 
 /// One session as `/status` shows it.
@@ -143,4 +147,6 @@ pub struct SessionView {
     pub commands: u64,
     pub in_flight: usize,
     pub retiring: bool,
+    /// Opened with credentials a reload has replaced: it will be replaced.
+    pub stale: bool,
 }

@@ -100,6 +100,10 @@ pub struct Command {
     /// The `op` attribute of `<poll>` (req, ack) or `<transfer>` (query, request, …).
     pub op: Option<String>,
     pub login: Option<Login>,
+    /// The identifiers of the objects it names, in order (`<domain:name>`, `<host:name>`,
+    /// `<contact:id>` directly under the object element), for the audit trail. Never anything
+    /// from inside authInfo: those are not identifiers.
+    pub objects: Vec<String>,
 }
 
 impl Command {
@@ -153,6 +157,9 @@ pub struct Login {
     pub clid: String,
     pub pw: Secret,
     pub has_new_pw: bool,
+    /// The `<newPW>` value: eppmux refuses a client's password change, the mock registry makes
+    /// it.
+    pub new_pw: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

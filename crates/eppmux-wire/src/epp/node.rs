@@ -9,11 +9,15 @@ pub(super) enum Field {
     SvTrid,
     ClId,
     Pw,
+    NewPw,
     ResultMsg,
     SvId,
     SvDate,
     ObjUri,
     ExtUri,
+    /// An object's identifier: `<domain:name>`, `<host:name>`, `<contact:id>` directly under
+    /// the object element.
+    ObjectId,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +109,9 @@ pub(super) enum Node {
     TrId,
     /// An element whose text is a value (clTRID, clID, msg, …): no child elements.
     Field,
-    /// Content eppmux does not interpret (objects, extensions, resData, dcp, …).
+    /// The object element of an object command (`<domain:create>`): its identifiers are read.
+    Object,
+    /// Content eppmux does not interpret (extensions, resData, dcp, an object's details, …).
     Opaque,
 }
 

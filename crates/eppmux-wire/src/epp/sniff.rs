@@ -13,8 +13,8 @@ use super::xml::{
     short_object_name, split_qname, Attr, Scope,
 };
 use super::{
-    malformed, Command, Greeting, Login, Message, Response, SniffError, EPP_NS, MAX_DEPTH,
-    XMLNS_NS, XML_NS, XSI_NS,
+    malformed, Command, Greeting, Login, Message, Response, SniffError, CONTACT_NS, DOMAIN_NS,
+    EPP_NS, HOST_NS, MAX_DEPTH, XMLNS_NS, XML_NS, XSI_NS,
 };
 use crate::secret::Secret;
 
@@ -284,6 +284,7 @@ impl<'a> Sniffer<'a> {
                 self.object(verb, children, ns.filter(|_| !is_epp), local)
             }
             Node::Field => Err(SniffError::Structure("element inside a text value")),
+            Node::Object => Ok(self.under_object(ns, local)),
             _ if is_epp => self.under_reply(parent, local),
             _ => Ok(Node::Opaque),
         }
@@ -362,7 +363,10 @@ impl<'a> Sniffer<'a> {
                 self.capture = Some((Field::Pw, String::new()));
                 &mut self.seen_pw
             }
-            "newPW" => &mut self.new_pw,
+            "newPW" => {
+                self.capture = Some((Field::NewPw, String::new()));
+                &mut self.new_pw
+            }
             _ => return Ok(Node::Opaque),
         };
         if std::mem::replace(seen, true) {
@@ -403,7 +407,23 @@ impl<'a> Sniffer<'a> {
         if let Some(last) = self.nodes.last_mut() {
             *last = Node::Verb(verb, 1);
         }
-        Ok(Node::Opaque)
+        Ok(Node::Object)
+    }
+
+    /// Under the object element: the object's identifiers, for the audit trail (one name or id
+    /// per object the command names; several in a `<check>`). Everything else is the registry's.
+    fn under_object(&mut self, ns: Option<&str>, local: &str) -> Node {
+        let is_id = match ns {
+            Some(ns) if Some(ns) != self.cmd.object_ns.as_deref() => false,
+            Some(DOMAIN_NS | HOST_NS) => local == "name",
+            Some(CONTACT_NS) => local == "id",
+            _ => false,
+        };
+        if is_id {
+            self.field(Field::ObjectId)
+        } else {
+            Node::Opaque
+        }
     }
 
     /// EPP elements inside a greeting or a response: the few values routing reads.
@@ -543,11 +563,15 @@ impl<'a> Sniffer<'a> {
             Field::SvTrid => self.resp.svtrid = Some(value),
             Field::ClId => self.cmd.login.get_or_insert_with(Login::default).clid = value,
             Field::Pw => self.cmd.login.get_or_insert_with(Login::default).pw = Secret::new(value),
+            Field::NewPw => {
+                self.cmd.login.get_or_insert_with(Login::default).new_pw = Some(Secret::new(value))
+            }
             Field::ResultMsg => self.resp.msg = value,
             Field::SvId => self.greeting.sv_id = value,
             Field::SvDate => self.greeting.sv_date = value,
             Field::ObjUri => self.greeting.obj_uris.push(value),
             Field::ExtUri => self.greeting.ext_uris.push(value),
+            Field::ObjectId => self.cmd.objects.push(value),
         }
     }
 

@@ -162,6 +162,7 @@ fn written_messages_sniff_back_and_escape() {
     let l = login(
         "reg&1",
         &Secret::new("p<w"),
+        None,
         &["urn:a".into()],
         &["urn:b".into()],
         "t1",
@@ -745,4 +746,87 @@ fn frames_the_real_epplib_writes_are_read() {
     }
     assert!(command("epplib-login-newpw.xml").login.unwrap().has_new_pw);
     assert_eq!(sniff(&sample("epplib-hello.xml")), Ok(Message::Hello));
+}
+
+#[test]
+fn object_ids_are_read_in_order_in_every_prefix_style() {
+    for (name, want) in [
+        ("domain-check.xml", vec!["example.gov", "example-two.gov"]),
+        ("epplib-create-domain.xml", vec!["example.gov"]),
+        ("epplib-update-host.xml", vec!["example.gov"]),
+        ("epplib-transfer-contact.xml", vec!["example.gov"]),
+        ("domain-delete.xml", vec!["example.gov"]),
+    ] {
+        assert_eq!(command(name).objects, want, "{name}");
+    }
+    assert!(command("poll-req.xml").objects.is_empty());
+    assert!(command("login-epplib.xml").objects.is_empty());
+}
+
+#[test]
+fn object_ids_are_only_the_identifiers_directly_under_the_object_element() {
+    let frame = format!(
+        r#"<epp xmlns="{EPP_NS}"><command><create><domain:create xmlns:domain="{DOMAIN_NS}" xmlns:x="urn:example:other">
+        <domain:name> a.gov </domain:name><x:name>foreign.gov</x:name>
+        <domain:ns><domain:hostObj>ns1.other.gov</domain:hostObj></domain:ns>
+        <domain:registrant>reg-1</domain:registrant><domain:contact type="admin">adm-1</domain:contact>
+        <domain:authInfo><domain:pw>auth-S3cret</domain:pw></domain:authInfo>
+        </domain:create></create><clTRID>c-1</clTRID></command></epp>"#
+    );
+    let Ok(Message::Command(c)) = sniff(frame.as_bytes()) else {
+        panic!("not read as a command");
+    };
+    assert_eq!(c.objects, vec!["a.gov"]);
+    assert!(!format!("{c:?}").contains("auth-S3cret"));
+
+    let update = format!(
+        r#"<epp xmlns="{EPP_NS}"><command><update><host:update xmlns:host="{HOST_NS}">
+        <host:name>ns1.a.gov</host:name><host:chg><host:name>ns9.a.gov</host:name></host:chg>
+        </host:update></update></command></epp>"#
+    );
+    let Ok(Message::Command(c)) = sniff(update.as_bytes()) else {
+        panic!("not read as a command");
+    };
+    assert_eq!(c.objects, vec!["ns1.a.gov"]);
+
+    let contacts = format!(
+        r#"<epp xmlns="{EPP_NS}"><command><check><c:check xmlns:c="{CONTACT_NS}">
+        <c:id>sh8013</c:id><c:id>sah8013</c:id></c:check></check></command></epp>"#
+    );
+    let Ok(Message::Command(c)) = sniff(contacts.as_bytes()) else {
+        panic!("not read as a command");
+    };
+    assert_eq!(c.objects, vec!["sh8013", "sah8013"]);
+}
+
+#[test]
+fn the_login_eppmux_writes_carries_a_new_password_only_when_asked() {
+    let plain = login(
+        "r1",
+        &Secret::new("old"),
+        None,
+        &[DOMAIN_NS.into()],
+        &[],
+        "l-1",
+    );
+    let Ok(Message::Command(c)) = sniff(&plain) else {
+        panic!("unreadable login");
+    };
+    let l = c.login.expect("login fields");
+    assert!(!l.has_new_pw && l.new_pw.is_none());
+    let change = login(
+        "r1",
+        &Secret::new("old"),
+        Some(&Secret::new("n&w<pw")),
+        &[DOMAIN_NS.into()],
+        &[],
+        "l-2",
+    );
+    let Ok(Message::Command(c)) = sniff(&change) else {
+        panic!("unreadable login");
+    };
+    let l = c.login.expect("login fields");
+    assert!(l.pw.ct_eq("old"));
+    assert!(l.has_new_pw);
+    assert!(l.new_pw.expect("newPW").ct_eq("n&w<pw"));
 }

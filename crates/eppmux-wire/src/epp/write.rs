@@ -48,6 +48,7 @@ pub fn logout(cltrid: &str) -> Bytes {
 pub fn login(
     clid: &str,
     pw: &Secret,
+    new_pw: Option<&Secret>,
     obj_uris: &[String],
     ext_uris: &[String],
     cltrid: &str,
@@ -64,11 +65,15 @@ pub fn login(
         svcs.push_str("</svcExtension>");
     }
     Bytes::from(format!(
-        "{XML_HEAD}<epp xmlns=\"{EPP_NS}\"><command><login><clID>{}</clID><pw>{}</pw>\
+        "{XML_HEAD}<epp xmlns=\"{EPP_NS}\"><command><login><clID>{}</clID><pw>{}</pw>{}\
          <options><version>1.0</version><lang>en</lang></options><svcs>{svcs}</svcs></login>\
          <clTRID>{}</clTRID></command></epp>",
         escape(clid),
         escape(pw.expose()),
+        new_pw.map_or(String::new(), |n| format!(
+            "<newPW>{}</newPW>",
+            escape(n.expose())
+        )),
         escape(cltrid)
     ))
 }
