@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Turns scripts/bench.sh's JSON lines into the tables of docs/benchmarks.md (Markdown) and checks
-the targets of issue 13 against them. Every ceiling is computed from the model's nominal figures
-(the mock's clock keeps them: see the achieved command time printed first).
+the targets of issue 13 against them. Every ceiling is computed twice: from the model's nominal
+figures (C / (RTT + processing)) and from the command time achieved on this machine (the p50 of
+one client on one session straight to the registry, the probe run first), since the mock's clock
+is finer than a millisecond but the machine's load still adds to each round trip.
 
 Usage: scripts/bench-report.py target/bench/results.jsonl
 """
@@ -30,6 +32,13 @@ def command_ms(r):
     return ms(r["rtt"]) + ms(r["processing"])
 
 
+def achieved_ms(rtt):
+    """The command time the probe measured at this RTT (p50, 1 client, 1 session), if it ran."""
+    probe = next((r for r in rows if r["arch"] == "direct" and r["scenario"].startswith("probe")
+                  and r["rtt"] == rtt), None)
+    return probe["p50_us"] / 1000 if probe else None
+
+
 def fresh_ms(r):
     """The model's time for connect + login + command + logout: TCP and TLS a round trip each, the
     greeting half of one, then three exchanges (login also its login time)."""
@@ -45,6 +54,63 @@ def msf(us):
     return "–" if us is None else f"{us / 1000:,.1f}"
 
 
+def cells(load):
+    found = {(r["rtt"], r["cap"]) for r in rows if r.get("load") == load and r.get("cap") not in (None, 100000)}
+    return sorted(found, key=lambda c: (ms(c[0]), c[1]))
+
+
+def cell_rows(load, rtt, cap):
+    return [r for r in rows if r.get("load") == load and r["rtt"] == rtt and r.get("cap") == cap]
+
+
+def pick(cell, arch, sessions=None, depth=1, scenario=None):
+    for r in cell:
+        if r["arch"] != arch or (scenario and r["scenario"] != scenario):
+            continue
+        if arch == "eppmux" and (r.get("sessions") != sessions or r.get("depth") != depth):
+            continue
+        return r
+    return None
+
+
+def per_thousand(r):
+    return 1000 * r["registry_logins"] / r["commands"] if r["commands"] else None
+
+
+def median(xs):
+    return sorted(xs)[len(xs) // 2] if xs else None
+
+
+def summary_cell(r, load):
+    if r is None:
+        return "–"
+    if load == "steady":
+        return (f"**{f(r['throughput'])}** cmd/s, p99 {msf(r['p99_us'])} / worst {msf(r['max_us'])} ms, "
+                f"{f(per_thousand(r), 0)} logins/1k, {f(r['refused_2502'])} × 2502, {r['errors']} failed")
+    done = median(r["burst_completion_us"])
+    return (f"**{'–' if done is None else f'{done / 1e6:.2f}'} s** per burst, p99 {msf(r['p99_us'])} / "
+            f"worst {msf(r['max_us'])} ms, {f(per_thousand(r), 0)} logins/1k, {f(r['refused_2502'])} × 2502, "
+            f"{r['errors']} failed")
+
+
+print("\n### The answer: the three architectures on the same capped registry\n")
+print("Steady: commands/s over the window. Burst: median time from a burst's arrival to its last answer.")
+print("Latencies in ms; logins/1k: registry logins per 1,000 commands; failed: commands that got no")
+print("answer (no pool: 4 logins refused with 2502; pools: borrow timeout).\n")
+print("| workload | RTT | C | no pool | per-worker pools (W × P) | eppmux S = W × P | eppmux S = C | eppmux S = C, depth 4 |")
+print("|---|---|---|---|---|---|---|---|")
+for load in ("steady", "burst"):
+    for rtt, cap in cells(load):
+        cell = cell_rows(load, rtt, cap)
+        wp = pick(cell, "worker-pool")
+        wxp = wp["workers"] * wp["pool"] if wp else None
+        eq = pick(cell, "eppmux", wxp) if wxp != cap else None
+        shape = f" ({wp['workers']} × {wp['pool']})" if wp else ""
+        print(f"| {load} | {rtt} | {cap} | {summary_cell(pick(cell, 'no-pool', scenario='no-pool'), load)} "
+              f"| {summary_cell(wp, load)}{shape} "
+              f"| {summary_cell(eq, load) if eq else 'same as S = C'} | {summary_cell(pick(cell, 'eppmux', cap), load)} "
+              f"| {summary_cell(pick(cell, 'eppmux', cap, 4), load)} |")
+
 print("\n### The model's command time, achieved\n")
 print("| RTT | processing | nominal command time | achieved (p50, 1 client) | p99 | difference |")
 print("|---|---|---|---|---|---|")
@@ -56,32 +122,32 @@ for r in find(arch="direct"):
           f"{r['p99_us'] / 1000:.2f} ms | +{(r['p50_us'] / 1000 - nominal) / nominal * 100:.1f}% |")
 
 for load in ("steady", "burst"):
-    cells = sorted({(r["rtt"], r.get("cap")) for r in rows if r.get("load") == load and r.get("cap") not in (None, 100000)},
-                   key=lambda c: (ms(c[0]), c[1]))
-    for rtt, cap in cells:
-        cell = [r for r in rows if r.get("load") == load and r["rtt"] == rtt and r.get("cap") == cap]
-        if not cell:
-            continue
-        c0 = cell[0]
-        ceiling = cap / (command_ms(c0) / 1000)
-        print(f"\n### {load}, RTT {rtt}, C = {cap} (ceiling C / (RTT + processing) = {ceiling:,.0f} cmd/s)\n")
+    for rtt, cap in cells(load):
+        cell = cell_rows(load, rtt, cap)
+        ceiling = cap / (command_ms(cell[0]) / 1000)
+        got = achieved_ms(rtt)
+        real = cap / (got / 1000) if got else None
+        print(f"\n### {load}, RTT {rtt}, C = {cap} (ceiling C / (RTT + processing) = {ceiling:,.0f} cmd/s nominal, "
+              f"{f(real)} cmd/s from the achieved command time)\n")
         burst_cols = " burst done p50 / max (s) |" if load == "burst" else ""
-        print(f"| architecture | clients | cmd/s | share of C's capacity | p50 ms | p99 ms | p99.9 ms | worst ms "
-              f"| registry logins / 1,000 cmds | 2502s | recycles (registry logins each) | errors |{burst_cols}")
+        print(f"| architecture | clients | cmd/s | share of capacity (nominal / achieved) | p50 ms | p99 ms | p99.9 ms "
+              f"| worst ms | registry logins / 1,000 cmds | 2502s | recycles (registry logins each) | failed |{burst_cols}")
         print("|---|" + "---|" * (11 + (1 if load == "burst" else 0)))
         for r in cell:
-            per_k = 1000 * r["registry_logins"] / r["commands"] if r["commands"] else None
             rec = r["recycles"]
             each = None
             if rec and r["arch"] in ("worker-pool", "eppmux"):
                 each = r["registry_logins"] / rec
             extra = ""
             if load == "burst":
-                b = r["burst_completion_us"]
-                extra = f" {b[len(b) // 2] / 1e6:.2f} / {b[-1] / 1e6:.2f} |" if b else " – |"
-            print(f"| {r['scenario']} | {r['clients']} | {f(r['throughput'])} | {100 * r['throughput'] / ceiling:.1f}% "
+                b = sorted(r["burst_completion_us"])
+                extra = f" {median(b) / 1e6:.2f} / {b[-1] / 1e6:.2f} |" if b else " – |"
+            share = f"{100 * r['throughput'] / ceiling:.1f}%"
+            if real:
+                share += f" / {100 * r['throughput'] / real:.1f}%"
+            print(f"| {r['scenario']} | {r['clients']} | {f(r['throughput'])} | {share} "
                   f"| {msf(r['p50_us'])} | {msf(r['p99_us'])} | {msf(r['p999_us'])} | {msf(r['max_us'])} "
-                  f"| {f(per_k, 1)} | {f(r['refused_2502'])} | {rec} ({f(each, 1)}) | {r['errors']} |{extra}")
+                  f"| {f(per_thousand(r), 1)} | {f(r['refused_2502'])} | {rec} ({f(each, 1)}) | {r['errors']} |{extra}")
 
 print("\n### Targets (80 ms RTT, C = 10 unless said otherwise)\n")
 
@@ -98,9 +164,12 @@ steady = cell("steady")
 if steady:
     e = next((r for r in steady if r["arch"] == "eppmux" and r.get("sessions") == 10 and r.get("depth") == 1), None)
     ceiling = 10 / (command_ms(steady[0]) / 1000)
+    got = achieved_ms("80ms")
     if e:
-        target("eppmux's commands/s ≥ 98% of C / (RTT + processing)",
-               f"{e['throughput']:.1f} of {ceiling:.1f} cmd/s = {100 * e['throughput'] / ceiling:.1f}%",
+        real = 10 / (got / 1000) if got else None
+        also = f"; of the achieved ceiling {real:.1f} cmd/s: {100 * e['throughput'] / real:.1f}%" if real else ""
+        target("eppmux's commands/s ≥ 98% of C / (RTT + processing), nominal",
+               f"{e['throughput']:.1f} of {ceiling:.1f} cmd/s = {100 * e['throughput'] / ceiling:.1f}%{also}",
                e["throughput"] >= 0.98 * ceiling)
     npc = next((r for r in steady if r["scenario"] == "no-pool (C clients)"), None)
     if e and npc:
