@@ -12,6 +12,8 @@
 #
 # Usage: scripts/callgrind.sh [--smoke]     (--smoke: smaller N, a few seconds more than the build;
 #                                             CI runs it and prints the figures)
+# Env:   CALLGRIND_KEEP=DIR keeps the callgrind output files there, for callgrind_annotate (the
+#        profile in docs/benchmarks.md comes from them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n1=200; n2=1200; s1=1000; s2=11000
@@ -23,7 +25,11 @@ cargo build --release --locked -p eppmux-wire --example sniff_loop -q
 bin=target/release
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+  if [ -n "${CALLGRIND_KEEP:-}" ]; then mkdir -p "$CALLGRIND_KEEP"; cp "$work"/*.callgrind "$CALLGRIND_KEEP"/ 2>/dev/null || true; fi
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 REG=127.0.0.1:17899
