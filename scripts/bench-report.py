@@ -130,6 +130,9 @@ for load in ("steady", "burst"):
         print(f"\n### {load}, RTT {rtt}, C = {cap} (ceiling C / (RTT + processing) = {ceiling:,.0f} cmd/s nominal, "
               f"{f(real)} cmd/s from the achieved command time)\n")
         burst_cols = " burst done p50 / max (s) |" if load == "burst" else ""
+        if load == "burst":
+            print("cmd/s and the share of capacity run over the whole run, the idle time between bursts")
+            print("included: compare the bursts' completion times.\n")
         print(f"| architecture | clients | cmd/s | share of capacity (nominal / achieved) | p50 ms | p99 ms | p99.9 ms "
               f"| worst ms | registry logins / 1,000 cmds | 2502s | recycles (registry logins each) | failed |{burst_cols}")
         print("|---|" + "---|" * (11 + (1 if load == "burst" else 0)))
