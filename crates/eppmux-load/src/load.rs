@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use hdrhistogram::Histogram;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::arch::{Client, Worker};
@@ -41,8 +41,11 @@ fn histogram() -> Histogram<u64> {
 struct Steady {
     measuring: AtomicBool,
     stop: AtomicBool,
+    /// Told when `--commands` were reached, so the window closes at once.
+    reached: Notify,
     sent: AtomicU64,
-    warmed: AtomicU64,
+    /// One permit per client that has done its warm-up commands.
+    warmed: Semaphore,
     warmup: u64,
     commands: Option<u64>,
     mix: Mix,
@@ -89,7 +92,7 @@ async fn steady_client(run: Arc<Steady>, worker: Arc<Worker>, key: String) -> Ta
         let result = worker.run(&mut client, run.mix.command(&key, n)).await;
         let took = started.elapsed();
         if n == run.warmup.max(1) {
-            run.warmed.fetch_add(1, Ordering::Relaxed);
+            run.warmed.add_permits(1);
         }
         // Commands completing after the window closed are not counted: those in flight when it
         // opened were, so in steady state the two edges cancel out.
@@ -98,6 +101,7 @@ async fn steady_client(run: Arc<Steady>, worker: Arc<Worker>, key: String) -> Ta
             let total = run.sent.fetch_add(1, Ordering::Relaxed) + 1;
             if run.commands.is_some_and(|max| total >= max) {
                 run.stop.store(true, Ordering::Relaxed);
+                run.reached.notify_one();
             }
         }
         if result.is_ok() {
@@ -115,8 +119,9 @@ pub async fn steady(plan: &Plan, sampler: &Sampler) -> Result<Outcome> {
     let run = Arc::new(Steady {
         measuring: AtomicBool::new(plan.warmup == 0),
         stop: AtomicBool::new(false),
+        reached: Notify::new(),
         sent: AtomicU64::new(0),
-        warmed: AtomicU64::new(0),
+        warmed: Semaphore::new(0),
         warmup: plan.warmup,
         commands: plan.commands,
         mix: plan.mix,
@@ -134,21 +139,17 @@ pub async fn steady(plan: &Plan, sampler: &Sampler) -> Result<Outcome> {
     }
     // The window opens once every client has done its warm-up commands (connections and
     // sessions established), so it holds steady state only.
-    let clients = tasks.len() as u64;
-    let warm_deadline = Instant::now() + Duration::from_secs(120);
-    while plan.warmup > 0
-        && run.warmed.load(Ordering::Relaxed) < clients
-        && Instant::now() < warm_deadline
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let clients = u32::try_from(tasks.len())?;
+    if plan.warmup > 0 {
+        // A client stuck in its warm-up (a command that never returns) must not keep the window
+        // shut: after this guard it opens anyway.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(120), run.warmed.acquire_many(clients)).await;
     }
     let before = sampler.sample().await;
     let started = Instant::now();
     run.measuring.store(true, Ordering::Relaxed);
-    let deadline = started + plan.duration;
-    while Instant::now() < deadline && !run.stop.load(Ordering::Relaxed) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let _ = tokio::time::timeout(plan.duration, run.reached.notified()).await;
     run.measuring.store(false, Ordering::Relaxed);
     run.stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed();
