@@ -1,24 +1,46 @@
 #!/usr/bin/env bash
-# The benchmark: release builds of eppmux, its mock registry and the eppmux-load generator, all on
-# loopback, every scenario against the same mock in one run:
-#   direct-fresh       connect + TLS + login + command + logout per command, straight to the registry
-#   direct-persistent  one long-lived session per client, straight to the registry
-#   proxy              clients keep a TLS session to eppmux, which uses S upstream sessions
-#   proxy-fresh        clients reconnect to eppmux for every command
-# at 0 ms RTT (overhead) and at 20 ms RTT (a realistic registry), plus a scale run with 2,000 idle
-# TLS clients. Prints one table and the ratios that matter; writes every result as JSON lines.
+# The benchmark that answers getgov's ADR 22 question (pool or not, which pool) under a registry
+# model with a session cap, a login cost and WAN round trips. Release builds of eppmux, its mock
+# registry and the eppmux-load generator, all on loopback, in one run:
+#
+#   the registry model   eppmux mock-registry --rtt R --latency 10ms --login-latency 100ms
+#                        --session-cap C: every frame takes R/2 each way, TCP and TLS a round
+#                        trip each before the greeting leaves, 10 ms of serial processing per
+#                        command (login and logout too), 100 ms more per login, 2502 beyond C
+#   the architectures    no-pool      connect + TLS + login + command + logout per command, 2502
+#                                     retried with getgov's backoff (attempt × 50 ms, 4 attempts)
+#                        worker-pool  W workers × P sessions each (W×P ≤ C), LIFO, borrow timeout
+#                                     10 s; a recycled worker logs out and logs in P fresh ones
+#                        eppmux       S sessions shared by every worker's clients (queue_wait
+#                                     10 s); a recycled worker's clients reconnect to eppmux
+#   the workloads        steady       W workers × K clients, each sending back to back
+#                        burst        B checks at once on one worker (the next one each time)
+#   the grid             RTT 20 ms and 80 ms × C = 10 (W=3, P=3) and C = 100 (W=5, P=20)
+#                        workers recycled every R=200 of their commands (getgov: ~1,000 requests,
+#                        not all of them EPP commands; 200 makes every worker recycle within a
+#                        10 s window at 80 ms)
+# plus the 0 ms RTT overhead runs (1 and 50 clients) and a scale run with 2,000 idle TLS clients.
+# Prints one table per scenario and the targets; writes every result as JSON lines, which
+# scripts/bench-report.py turns into the tables of docs/benchmarks.md.
 #
 # Usage: scripts/bench.sh [--smoke]      (--smoke: a few seconds, for CI, to keep it working)
-# Env:   BENCH_SECONDS (default 5), BENCH_OUT (default target/bench/results.jsonl)
+# Env:   BENCH_SECONDS (steady window, default 10), BENCH_OUT (default target/bench/results.jsonl)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 smoke=0
 [ "${1:-}" = "--smoke" ] && smoke=1
-secs=${BENCH_SECONDS:-5}
+window=${BENCH_SECONDS:-10}s
 idle=2000
-clients=50
-if [ $smoke = 1 ]; then secs=1; idle=50; clients=10; fi
+rtts="20ms 80ms"
+caps="10 100"
+RECYCLE=200
+PROCESSING=10ms
+LOGIN=100ms
+# The smoke run keeps every mode and workload but scales the model's times down by ten.
+if [ $smoke = 1 ]; then
+  window=500ms; idle=50; rtts="2ms"; caps="10"; RECYCLE=50; PROCESSING=1ms; LOGIN=10ms
+fi
 
 cargo build --release --locked --workspace --bins -q
 bin=target/release
@@ -43,25 +65,33 @@ wait_for_log() { # file needle
   echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
 }
 
+stop() { # pid
+  [ -n "$1" ] && { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+  return 0
+}
+
+# A fresh registry for every run: no session of the previous run counts against the cap.
 registry_pid=""
-start_registry() { # rtt [processing]
-  [ -n "$registry_pid" ] && { kill "$registry_pid"; wait "$registry_pid" 2>/dev/null || true; }
-  "$bin/eppmux" mock-registry --listen $REG --rtt "$1" --latency "${2:-0ms}" --session-cap 100000 > "$logs/registry.log" 2>&1 &
+start_registry() { # rtt cap [processing] [login]
+  stop "$proxy_pid"; proxy_pid=""
+  stop "$registry_pid"
+  "$bin/eppmux" mock-registry --listen $REG --rtt "$1" --session-cap "$2" \
+    --latency "${3:-$PROCESSING}" --login-latency "${4:-$LOGIN}" > "$logs/registry.log" 2>&1 &
   registry_pid=$!; pids+=("$registry_pid")
   wait_for_log "$logs/registry.log" "mock registry ready"
 }
 
 proxy_pid=""
 start_proxy() { # sessions [pipeline-depth]
-  [ -n "$proxy_pid" ] && { kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true; }
+  stop "$proxy_pid"
   EPPMUX_PASSWORD=s3cret-Pw "$bin/eppmux" --listen-tls $PROXY --pipeline-depth "${2:-1}" \
     --tls-cert certs-example/server.pem --tls-key certs-example/server-key.pem \
     --upstream $REG --upstream-server-name localhost --upstream-ca $CA \
     --upstream-cert $CERT --upstream-key $KEY --clid registrar1 \
-    --pool-min "$1" --pool-max "$1" --queue-wait 10s --max-clients 10000 \
-    --admin $ADMIN --log-level warn > "$logs/proxy.log" 2>&1 &
+    --pool-min "$1" --pool-max "$1" --queue-wait 10s --queue-max 100000 --max-clients 10000 \
+    --max-clients-per-source 10000 --admin $ADMIN --log-level warn > "$logs/proxy.log" 2>&1 &
   proxy_pid=$!; pids+=("$proxy_pid")
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 400); do
     if "$bin/eppmux" healthcheck --admin $ADMIN >/dev/null 2>&1 && \
        [ "$(python3 -c 'import json,sys,urllib.request; print(json.load(urllib.request.urlopen("http://'$ADMIN'/status"))["accounts"][0]["live"])')" = "$1" ]; then
       return 0
@@ -71,79 +101,89 @@ start_proxy() { # sessions [pipeline-depth]
   echo "eppmux did not open $1 sessions" >&2; cat "$logs/proxy.log" >&2; exit 1
 }
 
-load() { # label rtt extra-args...
-  local label=$1 rtt=$2; shift 2
-  "$bin/eppmux-load" --duration "${secs}s" --tls "$@" --scenario "$label" 2> "$logs/load.err" | sed 's/^/  /'
-  grep '^JSON ' "$logs/load.err" | sed "s/^JSON {/{\"rtt\":\"$rtt\",/" >> "$out"
+# load LABEL TAGS ARGS...: one eppmux-load run; TAGS (JSON members) are added to its JSON line.
+load() {
+  local label=$1 tags=$2; shift 2
+  "$bin/eppmux-load" --tls --scenario "$label" "$@" 2> "$logs/load.err" | sed 's/^/  /'
+  grep '^JSON ' "$logs/load.err" | sed "s/^JSON {/{$tags,/" >> "$out"
   grep -v '^JSON ' "$logs/load.err" | head -3 >&2 || true
 }
 direct() { load "$1" "$2" --target $REG --cert $CERT --key $KEY "${@:3}"; }
 via_proxy() { load "$1" "$2" --target $PROXY --pid "$proxy_pid" --admin $ADMIN "${@:3}"; }
 
-echo "scenario                clients   cmds    cmd/s   p50 µs   p90 µs   p99 µs  p99.9 µs    max µs errors"
-S=10
-for rtt in 0ms 20ms; do
-  echo "-- RTT $rtt, S=$S upstream sessions for the proxy"
-  start_registry $rtt
-  start_proxy $S
-  if [ $rtt = 0ms ]; then
-    direct "direct-persistent" $rtt --clients 1
-    via_proxy "proxy" $rtt --clients 1
+header() {
+  echo "-- $1"
+  echo "  scenario                 clients    cmds     cmd/s    p50 µs    p99 µs  p99.9 µs     max µs  reg.logins  2502s errors"
+}
+
+# One scenario: every architecture on the same registry model.
+scenario() { # rtt cap workers pool clients-per-worker load [burst-every bursts burst]
+  local rtt=$1 cap=$2 w=$3 p=$4 k=$5 kind=$6
+  local shape=(--load "$kind" --workers "$w" --clients "$k" --recycle $RECYCLE)
+  if [ "$kind" = steady ]; then
+    shape+=(--duration "$window")
+  else
+    shape+=(--burst-every "$7" --bursts "$8" --burst "$9")
   fi
-  direct "direct-fresh" $rtt --clients $clients --mode fresh
-  direct "direct-persistent" $rtt --clients $clients
-  via_proxy "proxy" $rtt --clients $clients
-  via_proxy "proxy-fresh" $rtt --clients $clients --mode fresh
+  local tags="\"rtt\":\"$rtt\",\"cap\":$cap,\"processing\":\"$PROCESSING\",\"login\":\"$LOGIN\""
+  header "RTT $rtt, cap C=$cap, $kind: W=$w workers × K=$k clients (worker pools P=$p), recycled every $RECYCLE"
+  if [ "$kind" = steady ]; then
+    # The model's no-pool figure: C clients, so the cap is never hit.
+    start_registry "$rtt" "$cap"
+    direct "no-pool (C clients)" "$tags,\"depth\":1" --arch no-pool --load steady --workers 1 \
+      --clients "$cap" --duration "$window" --warmup 1
+  fi
+  start_registry "$rtt" "$cap"
+  direct "no-pool" "$tags,\"depth\":1" --arch no-pool "${shape[@]}" --warmup 1
+  start_registry "$rtt" "$cap"
+  direct "worker-pool ${w}x$p" "$tags,\"depth\":1" --arch worker-pool --pool "$p" "${shape[@]}"
+  start_registry "$rtt" "$cap"
+  start_proxy "$cap"
+  via_proxy "eppmux S=$cap" "$tags,\"depth\":1,\"sessions\":$cap" --arch eppmux "${shape[@]}"
+  if [ $((w * p)) != "$cap" ]; then
+    start_registry "$rtt" "$cap"
+    start_proxy $((w * p))
+    via_proxy "eppmux S=$((w * p))" "$tags,\"depth\":1,\"sessions\":$((w * p))" --arch eppmux "${shape[@]}"
+  fi
+  start_registry "$rtt" "$cap"
+  start_proxy "$cap" 4
+  via_proxy "eppmux S=$cap depth 4" "$tags,\"depth\":4,\"sessions\":$cap" --arch eppmux "${shape[@]}"
+}
+
+started=$(date +%s)
+echo "== the model's command time, achieved (1 client, one session straight to the registry)"
+for rtt in $rtts; do
+  start_registry "$rtt" 10
+  direct "probe $rtt" "\"rtt\":\"$rtt\",\"processing\":\"$PROCESSING\",\"login\":\"$LOGIN\"" \
+    --arch direct --workers 1 --clients 1 --commands $([ $smoke = 1 ] && echo 20 || echo 100) --duration 60s --warmup 3
 done
 
-echo "-- pipelining: RTT 20ms, 1 ms processing per command, S=2 upstream sessions"
-start_registry 20ms 1ms
-for depth in 1 4; do
-  start_proxy 2 $depth
-  via_proxy "proxy-depth$depth" 20ms --clients $clients
+for rtt in $rtts; do
+  every=$([ "$rtt" = 80ms ] && echo 4s || echo 2s)
+  for cap in $caps; do
+    if [ "$cap" = 10 ]; then w=3; p=3; k=20; else w=5; p=20; k=100; fi
+    if [ $smoke = 1 ]; then
+      scenario "$rtt" "$cap" "$w" "$p" "$k" steady
+      scenario "$rtt" "$cap" "$w" "$p" "$k" burst 300ms 2 30
+    else
+      scenario "$rtt" "$cap" "$w" "$p" "$k" steady
+      scenario "$rtt" "$cap" "$w" "$p" "$k" burst "$([ "$cap" = 10 ] && echo "$every" || echo 2s)" 6 300
+    fi
+  done
 done
 
-echo "-- scale: $idle idle TLS clients + 10 active on 4 upstream sessions, RTT 0"
-start_registry 0ms
+echo "-- overhead: RTT 0, no processing or login time, S=10 (cap 100000)"
+header "overhead"
+start_registry 0ms 100000 0ms 0ms
+start_proxy 10
+tags='"rtt":"0ms","cap":100000,"processing":"0ms","login":"0ms"'
+direct "direct 1 client" "$tags" --arch direct --clients 1 --duration "$window"
+via_proxy "eppmux 1 client" "$tags,\"sessions\":10" --arch eppmux --clients 1 --duration "$window"
+direct "direct 50 clients" "$tags" --arch direct --clients 50 --duration "$window"
+via_proxy "eppmux 50 clients" "$tags,\"sessions\":10" --arch eppmux --clients 50 --duration "$window"
 start_proxy 4
-via_proxy "proxy-scale" 0ms --clients 10 --idle-clients $idle
+via_proxy "eppmux scale" "$tags,\"sessions\":4" --arch eppmux --clients 10 --idle-clients $idle --duration "$window"
 
-python3 - "$out" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-def get(rtt, scenario, clients=None):
-    for r in rows:
-        if r["rtt"] == rtt and r["scenario"] == scenario and (clients is None or r["clients"] == clients):
-            return r
-print()
-p1, d1 = get("0ms", "proxy", 1), get("0ms", "direct-persistent", 1)
-if p1 and d1:
-    print(f"added latency at 0 ms RTT, 1 client: p50 +{p1['p50_us'] - d1['p50_us']} µs, p99 +{p1['p99_us'] - d1['p99_us']} µs (targets: ≤ 60 µs, ≤ 300 µs)")
-for rtt in ("0ms", "20ms"):
-    fresh, proxy = get(rtt, "direct-fresh"), get(rtt, "proxy", None if rtt == "20ms" else max(r["clients"] for r in rows if r["rtt"] == rtt and r["scenario"] == "proxy"))
-    if fresh and proxy:
-        print(f"RTT {rtt}: proxy {proxy['throughput']:.0f} cmd/s vs direct-fresh {fresh['throughput']:.0f} cmd/s = {proxy['throughput'] / fresh['throughput']:.1f}x (target at 20 ms: ≥ 20x)")
-p20 = get("20ms", "proxy")
-if p20:
-    ceiling = 10 / 0.020
-    print(f"RTT 20ms: proxy {p20['throughput']:.0f} cmd/s = {100 * p20['throughput'] / ceiling:.1f}% of S/RTT = {ceiling:.0f} cmd/s (target ≥ 97%)")
-    dp = get("20ms", "direct-persistent")
-    if dp:
-        measured = 10 / (dp['p50_us'] / 1e6)
-        print(f"RTT 20ms: one command through the mock takes {dp['p50_us'] / 1000:.1f} ms (p50, direct): S/that = {measured:.0f} cmd/s, proxy at {100 * p20['throughput'] / measured:.1f}% of it")
-    print(f"RTT 20ms: upstream logins during the proxy run: {p20['upstream_logins']:.0f}; client logins direct-fresh: {get('20ms', 'direct-fresh')['client_logins']}")
-d1, d4 = get("20ms", "proxy-depth1"), get("20ms", "proxy-depth4")
-if d1 and d4:
-    print(f"pipelining (RTT 20 ms, 1 ms processing, S=2): depth 4 {d4['throughput']:.0f} cmd/s vs depth 1 {d1['throughput']:.0f} cmd/s = {d4['throughput'] / d1['throughput']:.1f}x (target ≥ 3x)")
-cpu = [r["proxy_cpu_us_per_command"] for r in rows if r.get("proxy_cpu_us_per_command") and r["scenario"] == "proxy"]
-if cpu:
-    print(f"proxy CPU per forwarded command: {min(cpu):.1f}–{max(cpu):.1f} µs (target ≤ 30 µs)")
-peak = max((r["proxy_peak_rss_kib"] or 0) for r in rows if r["scenario"].startswith("proxy"))
-print(f"proxy peak RSS over all runs: {peak / 1024:.1f} MiB")
-s = get("0ms", "proxy-scale")
-if s:
-    rss = s["proxy_rss_kib_with_idle_clients"] / 1024
-    print(f"scale: {s['idle_clients']} idle TLS clients held, {s['idle_clients_served']} served afterwards; proxy RSS {rss:.1f} MiB "
-          f"({1024 * rss / max(s['idle_clients'], 1):.1f} KiB per connection; target ≤ 150 MiB for 2,000)")
-PY
+echo "wall time: $(( $(date +%s) - started )) s"
+python3 scripts/bench-report.py "$out"
 echo "results: $out"

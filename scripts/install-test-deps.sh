@@ -4,6 +4,7 @@
 #   - epptools (PyPI, pinned): a Python EPP client the interop tests drive
 #   - openssl, python3: scripts/epp-send.sh and the epplib-style transport test
 #   - PyYAML: scripts/check-compose.sh and the Cloud Foundry manifest check
+#   - valgrind: scripts/callgrind.sh (instructions per forwarded command and per sniffed frame)
 #   - gevent (PyPI, pinned as getgov pins it) and cisagov/epplib, the real library getgov uses:
 #     tests/epplib.rs and tests/cloudfoundry.rs. epplib is not on PyPI: it comes from the source
 #     archive beside the repository (CI: ../shared/clients/epplib-*.tar.gz), else from GitHub; if
@@ -15,6 +16,7 @@ missing=()
 perl -MNet::EPP::Simple -e1 2>/dev/null || missing+=(libnet-epp-perl)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v python3 >/dev/null || missing+=(python3)
+command -v valgrind >/dev/null || missing+=(valgrind)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo=""

@@ -160,6 +160,10 @@ pub struct MockArgs {
     /// Simulated network round trip: half on every frame each way, two before the greeting.
     #[arg(long, default_value = "0ms", value_parser = parse_duration)]
     pub rtt: Duration,
+    /// Time the registry spends checking each login (passwords, audit rows), on top of the
+    /// processing time.
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    pub login_latency: Duration,
     /// Sessions allowed per clID; a login beyond it gets 2502 and a close.
     #[arg(long, default_value_t = 100)]
     pub session_cap: usize,

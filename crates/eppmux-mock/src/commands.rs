@@ -8,11 +8,12 @@ use quick_xml::events::Event;
 use quick_xml::name::{Namespace, ResolveResult};
 use quick_xml::NsReader;
 use std::sync::atomic::Ordering;
-use tokio::time::sleep;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use eppmux_wire::epp::{self, Command, Message, EPP_NS};
 
+use crate::clock;
 use crate::state::{DomainRecord, LedgerEntry, Session, Shared};
 
 const DOMAIN_NS: &str = "urn:ietf:params:xml:ns:domain-1.0";
@@ -24,12 +25,15 @@ pub(crate) enum After {
     Close,
 }
 
-/// The answer to one frame, and whether the session goes on after it.
+/// The answer to one frame, and whether the session goes on after it. `processed` is when the
+/// network model says its processing ends: a login is checked against the cap only then, plus
+/// the login time, so that sessions count against the cap when a registry would count them.
 pub(crate) async fn answer(
     frame: &[u8],
     sniffed: Result<Message, epp::SniffError>,
     session: &mut Session,
     shared: &Shared,
+    processed: Instant,
 ) -> (Bytes, After) {
     let sv = shared.svtrid();
     let reply = |code: u16, msg: &str, cltrid: Option<&str>| epp::response(code, msg, cltrid, &sv);
@@ -55,8 +59,8 @@ pub(crate) async fn answer(
         return (reply(2001, msg, None), After::Continue);
     }
     let Some(owner) = session.clid.clone() else {
-        if cmd.verb == "login" && !shared.cfg.login_latency.is_zero() {
-            sleep(shared.cfg.login_latency).await;
+        if cmd.verb == "login" {
+            clock::sleep_until(processed + shared.cfg.login_latency).await;
         }
         return login(&cmd, session, shared, &sv);
     };

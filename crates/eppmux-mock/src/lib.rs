@@ -13,11 +13,13 @@
 //! deterministic "busy session"), and commands on `mismatch-*` are answered with a wrong clTRID.
 //!
 //! Read it top-down: [`MockRegistry`] (here) accepts connections; `session` models the network
-//! and the faults of one connection; `commands` answers each command; `state` is what sessions
-//! share; `config` is what the registry is told to be.
+//! and the faults of one connection (its waits go through `clock`, finer than tokio's timer);
+//! `commands` answers each command; `state` is what sessions share; `config` is what the registry
+//! is told to be.
 
 #![forbid(unsafe_code)]
 
+mod clock;
 mod commands;
 mod config;
 mod session;
@@ -120,6 +122,12 @@ impl MockRegistry {
     /// Every transform processed so far, in order.
     pub fn ledger(&self) -> Vec<LedgerEntry> {
         self.shared.state().ledger.clone()
+    }
+
+    /// How long after its time on the network model's clock each frame left, in order: how far
+    /// the achieved round trip is from the configured one.
+    pub fn lateness(&self) -> Vec<Duration> {
+        self.shared.state().lateness.clone()
     }
 
     /// How many faults of each kind were injected.
@@ -254,14 +262,9 @@ async fn accept_loop(
         tasks.spawn(
             async move {
                 // The TCP handshake's round trip, then the TLS handshake's.
-                let rtt = shared.cfg.rtt;
-                if !rtt.is_zero() {
-                    sleep(rtt).await;
-                }
+                clock::sleep(shared.cfg.rtt).await;
                 let accepted = acceptor.accept(tcp).await;
-                if !rtt.is_zero() {
-                    sleep(rtt).await;
-                }
+                clock::sleep(shared.cfg.rtt).await;
                 match accepted {
                     Ok(tls) => {
                         let cert = tls.get_ref().1.peer_certificates();

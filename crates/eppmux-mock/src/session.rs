@@ -3,7 +3,8 @@
 //!
 //! Three tasks model the network: a reader stamps each frame with the time it would arrive
 //! (now + RTT/2), the session itself processes frames in order (each taking the processing
-//! time), and a writer sends each answer RTT/2 after it was made. With an RTT of zero this is a
+//! time, on the model's clock: the answer is made at once and stamped with when its processing
+//! ends), and a writer sends each answer RTT/2 after that stamp. With an RTT of zero this is a
 //! plain read-process-write loop; with one, pipelined commands overlap in flight the way they do
 //! on a real network.
 
@@ -16,7 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tokio::time::{sleep, timeout, Instant};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -24,6 +25,7 @@ use tracing::{debug, info};
 use eppmux_wire::epp::{self, Message};
 use eppmux_wire::frame::{encode_frame, EppCodec};
 
+use crate::clock;
 use crate::commands::{answer, greeting, After};
 use crate::config::Fault;
 use crate::state::{Exchange, Session, Shared};
@@ -81,7 +83,7 @@ impl Link {
             mute: mute.clone(),
         };
         let reading = tokio::spawn(reader.run());
-        let writing = tokio::spawn(write(FramedWrite::new(wr, codec), outbox));
+        let writing = tokio::spawn(write(FramedWrite::new(wr, codec), outbox, shared.clone()));
         Link {
             inbox,
             out,
@@ -173,13 +175,17 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 }
 
-/// The writing task: each answer at its time, then a clean close.
+/// The writing task: each answer at its time, then a clean close. How late each one left is
+/// kept: it is how far the model's clock is from the configured figures.
 async fn write<W: AsyncWrite + Unpin>(
     mut writer: FramedWrite<W, EppCodec>,
     mut outbox: mpsc::UnboundedReceiver<(Instant, Out)>,
+    shared: Arc<Shared>,
 ) {
     while let Some((at, item)) = outbox.recv().await {
-        delay_until(at).await;
+        clock::sleep_until(at).await;
+        let late = Instant::now().saturating_duration_since(at);
+        shared.state().lateness.push(late);
         let ok = match item {
             Out::Frame(frame) => writer.send(frame).await.is_ok(),
             Out::Raw(bytes) => {
@@ -200,14 +206,6 @@ async fn until(switch: &mut watch::Receiver<bool>, want: bool) {
         if switch.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
-    }
-}
-
-/// `sleep_until`, except that a moment already past costs nothing: tokio's timer has millisecond
-/// ticks, so even a zero sleep would add up to a millisecond per frame with no RTT configured.
-async fn delay_until(at: Instant) {
-    if at > Instant::now() {
-        sleep_until(at).await;
     }
 }
 
@@ -279,13 +277,11 @@ async fn next_frame(
         };
         let (arrives, frame) = next?;
         // Processing is serial: it starts when the frame has arrived and the previous one is
-        // done, and takes the processing time. Only a non-zero processing time is waited out
-        // here; otherwise the writer's single wait covers the whole round trip (each timer wait
-        // costs up to a millisecond tick).
-        link.made = arrives.max(Instant::now()) + shared.cfg.latency;
-        if !shared.cfg.latency.is_zero() {
-            delay_until(link.made).await;
-        }
+        // done, and takes the processing time. It is not waited out here: the answer is made at
+        // once and the writer holds it until `made` plus half a round trip, so that a command
+        // costs one timed wait, not two (each wait costs a wake-up, a fraction of a millisecond
+        // on a busy machine). A login waits for its own time (`commands::answer`).
+        link.made = arrives.max(link.made).max(Instant::now()) + shared.cfg.latency;
         return Some(frame);
     }
 }
@@ -315,7 +311,7 @@ async fn handle(
             return after;
         }
     }
-    let (response, after) = answer(&frame, sniffed, session, shared).await;
+    let (response, after) = answer(&frame, sniffed, session, shared, link.made).await;
     record(shared, session.id, frame, response.clone(), fault);
     match fault {
         Some(fault) => after_processing(fault, response, after, link, shared, shutdown).await,

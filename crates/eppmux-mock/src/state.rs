@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{watch, Semaphore};
@@ -74,6 +75,8 @@ pub(crate) struct State {
     pub(crate) login_refusals: VecDeque<u16>,
     /// How many of each fault struck, by name (a soak reports it).
     pub(crate) faults_injected: HashMap<&'static str, usize>,
+    /// How long after its time on the model's clock each frame left (greetings included).
+    pub(crate) lateness: Vec<Duration>,
     /// Random faults, with a seeded generator so a failing soak can be replayed.
     pub(crate) chaos: Option<(Chaos, fastrand::Rng)>,
 }

@@ -30,6 +30,7 @@ pub async fn mock(args: MockArgs) -> Result<()> {
         accounts,
         latency: args.latency,
         rtt: args.rtt,
+        login_latency: args.login_latency,
         session_cap: args.session_cap,
         idle_timeout: args.idle_timeout,
         sv_id: args.sv_id,
