@@ -8,7 +8,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-use eppmux_mock::MockConfig;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const IDENTITY: Option<(&str, &str)> = Some(("client.pem", "client-key.pem"));
