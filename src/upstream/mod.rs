@@ -1,29 +1,29 @@
 //! Registry sessions. [`session`] speaks the protocol of one session (connect, mutual TLS,
-//! greeting, `<login>`, frames, `<hello>`, `<logout>`); [`answer`] decides which command an
-//! answer belongs to; [`run`] is the life of one pooled session, from opening to logout, with
-//! several commands in flight when pipelining is on. When sessions open and what they carry is
+//! greeting, `<login>`, frames, `<hello>`, `<logout>`) over the stream [`handshake`] opens with
+//! the registry's TLS stack (rustls, or OpenSSL with the `openssl` feature); [`answer`] decides
+//! which command an answer belongs to; [`run`] is the life of one pooled session, from opening to
+//! logout, with several commands in flight when pipelining is on. When sessions open and what they carry is
 //! the pool's business (`crate::pool`), which drives `run` through its [`run::Owner`] trait.
 
 pub mod answer;
+pub mod handshake;
 pub mod run;
 pub mod session;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use rustls_pki_types::ServerName;
-use tokio_rustls::TlsConnector;
 
 use crate::config::UpstreamConfig;
 use crate::tls::TlsError;
 
+pub use handshake::NoCommonTls;
 pub use session::Session;
 
 /// What every session of every account shares: where the registry is and how to reach it.
 pub struct UpstreamTarget {
     pub addr: String,
-    pub server_name: ServerName<'static>,
-    pub connector: TlsConnector,
+    pub tls: handshake::Connector,
     pub step_timeout: Duration,
     pub response_timeout: Duration,
     pub max_frame: usize,
@@ -31,14 +31,9 @@ pub struct UpstreamTarget {
 
 impl UpstreamTarget {
     pub fn new(cfg: &UpstreamConfig, max_frame: usize) -> Result<Self, TlsError> {
-        let tls = crate::tls::client_config(cfg.ca.as_deref(), Some((&cfg.cert, &cfg.key)))?;
-        let server_name = ServerName::try_from(cfg.server_name.clone()).map_err(|e| {
-            TlsError::Config(format!("upstream_server_name `{}`: {e}", cfg.server_name))
-        })?;
         Ok(Self {
             addr: cfg.addr.clone(),
-            server_name,
-            connector: TlsConnector::from(tls),
+            tls: handshake::Connector::new(cfg)?,
             step_timeout: cfg.step_timeout,
             response_timeout: cfg.response_timeout,
             max_frame,
@@ -54,7 +49,11 @@ pub enum OpenError {
         source: std::io::Error,
     },
     #[error("TLS handshake: {0}")]
-    Tls(std::io::Error),
+    Tls(String),
+    /// The registry and eppmux have no cipher suite or TLS version in common: the message says
+    /// what eppmux offered and how to see what the registry offers.
+    #[error(transparent)]
+    NoCommonTls(Box<NoCommonTls>),
     #[error("{step} timed out after {after:?}")]
     Timeout { step: &'static str, after: Duration },
     #[error("registry closed the connection during {0}")]
