@@ -2,8 +2,9 @@
 //! greeting, `<login>`, frames, `<hello>`, `<logout>`) over the stream [`handshake`] opens with
 //! the registry's TLS stack (rustls, or OpenSSL with the `openssl` feature); [`answer`] decides
 //! which command an answer belongs to; [`run`] is the life of one pooled session, from opening to
-//! logout, with several commands in flight when pipelining is on. When sessions open and what they carry is
-//! the pool's business (`crate::pool`), which drives `run` through its [`run::Owner`] trait.
+//! logout, with several commands in flight when pipelining is on. When sessions open and what
+//! they carry is the pool's business (`crate::pool`), which drives `run` through its
+//! [`run::Owner`] trait.
 
 pub mod answer;
 pub mod handshake;

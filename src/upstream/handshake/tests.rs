@@ -1,13 +1,14 @@
 //! The OpenSSL stack's guarantees, against real servers on loopback: a rustls server that requires
-//! a client certificate (verification, hostname, SNI, mutual TLS, encrypted keys) and an OpenSSL
-//! server that speaks only TLS 1.1 (the minimum version).
+//! a client certificate (verification, hostname, SNI, mutual TLS, encrypted keys) and OpenSSL
+//! servers set up as old registries (a TLS 1.1 one: the minimum version; one with a suite outside
+//! eppmux's list: the diagnosis).
 
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::openssl::ssl::{SslAcceptor, SslMethod, SslVersion};
+use ::openssl::ssl::{SslAcceptor, SslAcceptorBuilder, SslMethod, SslVersion};
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -148,13 +149,13 @@ async fn the_openssl_stack_refuses_a_registry_it_cannot_verify_or_whose_name_doe
     let _ = server.await;
 }
 
-#[tokio::test]
-async fn the_openssl_stack_refuses_tls_1_1_and_says_neither_stack_reaches_such_a_registry() {
+/// An OpenSSL server with the fixture RSA certificate, set up by `old` as an old registry would
+/// be, for one connection; it reports whether a handshake succeeded.
+async fn openssl_registry(
+    old: impl FnOnce(&mut SslAcceptorBuilder),
+) -> (String, tokio::task::JoinHandle<bool>) {
     let mut b = SslAcceptor::mozilla_intermediate(SslMethod::tls_server()).unwrap();
-    // An old registry: TLS 1.1 at most, which today's OpenSSL allows only at security level 0.
-    b.set_cipher_list("DEFAULT:@SECLEVEL=0").unwrap();
-    b.set_min_proto_version(Some(SslVersion::TLS1)).unwrap();
-    b.set_max_proto_version(Some(SslVersion::TLS1_1)).unwrap();
+    old(&mut b);
     b.set_certificate_chain_file(file("tests/fixtures/keys/rsa.pem"))
         .unwrap();
     b.set_private_key_file(
@@ -171,6 +172,18 @@ async fn the_openssl_stack_refuses_tls_1_1_and_says_neither_stack_reaches_such_a
         let mut tls = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
         Pin::new(&mut tls).accept().await.is_ok()
     });
+    (addr, server)
+}
+
+#[tokio::test]
+async fn the_openssl_stack_refuses_tls_1_1_and_says_neither_stack_reaches_such_a_registry() {
+    // An old registry: TLS 1.1 at most, which today's OpenSSL allows only at security level 0.
+    let (addr, server) = openssl_registry(|b| {
+        b.set_cipher_list("DEFAULT:@SECLEVEL=0").unwrap();
+        b.set_min_proto_version(Some(SslVersion::TLS1)).unwrap();
+        b.set_max_proto_version(Some(SslVersion::TLS1_1)).unwrap();
+    })
+    .await;
     let cfg = upstream(
         &addr,
         "localhost",
@@ -192,6 +205,42 @@ async fn the_openssl_stack_refuses_tls_1_1_and_says_neither_stack_reaches_such_a
             && text.contains("cannot be reached with either stack"),
         "{text}"
     );
+    assert!(
+        !server.await.unwrap(),
+        "the server saw no handshake succeed"
+    );
+}
+
+#[tokio::test]
+async fn the_openssl_stack_says_what_it_offers_when_the_registry_has_no_suite_in_its_list() {
+    // Camellia is outside OpenSSL's DEFAULT list, so outside what eppmux offers.
+    let (addr, server) = openssl_registry(|b| {
+        b.set_cipher_list("ECDHE-RSA-CAMELLIA256-SHA384").unwrap();
+        b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
+    })
+    .await;
+    let cfg = upstream(
+        &addr,
+        "localhost",
+        "certs-example/ca.pem",
+        "rsa-key-pkcs8-aes256.pem",
+    );
+    let err = handshake(&cfg).await.err().expect("no suite in common");
+    let OpenError::NoCommonTls(diagnosis) = &err else {
+        panic!("not the diagnosis: {err}");
+    };
+    assert!(!diagnosis.cause.version, "{err}");
+    let text = err.to_string();
+    for part in [
+        &format!("TLS handshake with {addr}: the registry and eppmux share no cipher suite or TLS version (sslv3 alert handshake failure)"),
+        "eppmux (OpenSSL) offers TLS 1.2 and 1.3 with OpenSSL ",
+        "the cipher list `DEFAULT:!aNULL:",
+        &format!("`openssl s_client -connect {addr} -servername localhost -tls1_2 -cipher SUITE`"),
+    ] {
+        assert!(text.contains(part), "{part:?} missing from: {text}");
+    }
+    // The hint to switch stacks is for rustls only.
+    assert!(!text.contains("upstream_tls"), "{text}");
     assert!(
         !server.await.unwrap(),
         "the server saw no handshake succeed"
