@@ -2,7 +2,9 @@
 # Installs what the test suite needs beyond the Rust toolchain, on a fresh Debian machine:
 #   - libnet-epp-perl: Perl Net::EPP, an independent EPP client the interop tests drive
 #   - epptools (PyPI, pinned): a Python EPP client the interop tests drive
-#   - openssl, python3: scripts/epp-send.sh and the epplib-style transport test
+#   - openssl, python3: scripts/epp-send.sh, the epplib-style transport test and the legacy-TLS
+#     registry of tests/legacy_tls.rs
+#   - libssl-dev, pkg-config: to build eppmux with `--features openssl` (scripts/check-openssl.sh)
 #   - PyYAML: scripts/check-compose.sh and the Cloud Foundry manifest check
 #   - valgrind: scripts/callgrind.sh (instructions per forwarded command and per sniffed frame)
 #   - gevent (PyPI, pinned as getgov pins it) and cisagov/epplib, the real library getgov uses:
@@ -17,6 +19,7 @@ perl -MNet::EPP::Simple -e1 2>/dev/null || missing+=(libnet-epp-perl)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v python3 >/dev/null || missing+=(python3)
 command -v valgrind >/dev/null || missing+=(valgrind)
+pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev pkg-config)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo=""

@@ -200,7 +200,7 @@ pub fn readiness(pools: &[Pool]) -> (bool, Vec<String>) {
     for pool in pools {
         let stats = pool.stats();
         if stats.live == 0 {
-            let why = match (stats.unhealthy, stats.login_budget_wait) {
+            let mut why = match (stats.unhealthy, stats.login_budget_wait) {
                 (Some(reason), _) => reason,
                 (None, Some(wait)) => format!(
                     "login budget exhausted (max_logins_per_minute): the next upstream login is allowed in {} ms",
@@ -211,6 +211,13 @@ pub fn readiness(pools: &[Pool]) -> (bool, Vec<String>) {
                     stats.connecting
                 ),
             };
+            // What keeps the sessions from opening, when the registry and eppmux have no TLS in
+            // common. Only this failure is told here, the endpoint being open to anyone who can
+            // reach it (other errors are on the token-guarded /status): it names no secret, and
+            // without it the operator would see "connecting" for ever.
+            if let Some(mismatch) = pool.tls_mismatch() {
+                why.push_str(&format!(": {mismatch}"));
+            }
             let registry = match pool.registry() {
                 "" => String::new(),
                 name => format!("registry {name}, "),

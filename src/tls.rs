@@ -52,12 +52,12 @@ impl KeyRole {
 
 /// The provider named in Cargo.toml (ring), passed explicitly so that nothing depends on a
 /// process-wide default being installed.
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// TLS 1.2 and 1.3 only (rustls offers nothing older), with rustls' default suites.
-const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+pub(crate) const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 /// Warn this long before a certificate of ours expires.
@@ -173,16 +173,39 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
 }
 
 fn system_roots() -> Result<RootCertStore, TlsError> {
-    let found = rustls_native_certs::load_native_certs();
     let mut roots = RootCertStore::empty();
-    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    let (added, _ignored) = roots.add_parsable_certificates(system_roots_der()?);
     if added == 0 {
+        return Err(TlsError::Config(
+            "no usable system CA certificate found; set --upstream-ca".into(),
+        ));
+    }
+    Ok(roots)
+}
+
+/// The platform's root certificates as rustls-native-certs finds them (`SSL_CERT_FILE`,
+/// `SSL_CERT_DIR`, the distribution's bundle): the one source of "the system roots" for both
+/// upstream TLS stacks.
+pub(crate) fn system_roots_der() -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let found = rustls_native_certs::load_native_certs();
+    if found.certs.is_empty() {
         return Err(TlsError::Config(format!(
             "no system CA certificates found ({:?}); set --upstream-ca",
             found.errors.first().map(|e| e.to_string())
         )));
     }
-    Ok(roots)
+    Ok(found.certs)
+}
+
+/// The client certificate chain (leaf valid now) and its key, decrypted if need be, that eppmux
+/// presents to a registry: read once here for whichever TLS stack presents them.
+pub(crate) fn upstream_identity<C: PemInput + ?Sized, K: KeyInput + ?Sized>(
+    cert: &C,
+    key: &K,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let chain = load_leaf_chain(&cert.pem_source())?;
+    let key_der = load_key_for(&key.key_source(), Some(KeyRole::Upstream))?;
+    Ok((chain, key_der))
 }
 
 /// What [`write_ca_bundle`] wrote.
@@ -323,8 +346,7 @@ pub fn client_config<C: PemInput + ?Sized, K: KeyInput + ?Sized>(
     let config = match identity {
         Some((cert, key)) => {
             let (cert, key) = (cert.pem_source(), key.key_source());
-            let chain = load_leaf_chain(&cert)?;
-            let key_der = load_key_for(&key, Some(KeyRole::Upstream))?;
+            let (chain, key_der) = upstream_identity(&cert, &key)?;
             builder
                 .with_client_auth_cert(chain, key_der)
                 .map_err(|e| file_err(&key.pem, format!("does not fit certificate {cert}: {e}")))?

@@ -26,7 +26,7 @@ use crate::keys::{KeySource, PemSource};
 use crate::secret::Secret;
 
 pub use layers::{Explicit, Origin, Resolved};
-pub use options::{parse_duration, LogFormat, Options};
+pub use options::{parse_duration, LogFormat, Options, UpstreamTls};
 
 /// The validated configuration eppmux runs with.
 #[derive(Debug, Clone)]
@@ -117,6 +117,8 @@ pub struct UpstreamConfig {
     pub addr: String,
     /// Name the registry's certificate is verified against and sent as SNI.
     pub server_name: String,
+    /// Which TLS stack opens the sessions (openssl only in a build with that feature).
+    pub tls: UpstreamTls,
     pub ca: Option<PathBuf>,
     pub cert: PemSource,
     pub key: KeySource,

@@ -175,6 +175,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// The TLS stack of a registry's upstream sessions. Both variants exist in every build, so that a
+/// configuration asking for openssl in a build without it gets an error naming the key, not
+/// "unknown variant".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    #[default]
+    Rustls,
+    Openssl,
+}
+
 /// Options of one registry: its local listeners, the registry itself, waiting and sessions.
 #[derive(Debug, Clone, Default, Args, Deserialize, Serialize)]
 pub struct RegistryOptions {
@@ -239,6 +250,18 @@ pub struct RegistryOptions {
     #[arg(long, env = "EPPMUX_UPSTREAM_SERVER_NAME", value_name = "NAME")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_server_name: Option<String>,
+    /// TLS stack towards the registry: rustls, or openssl for a registry whose TLS rustls does not
+    /// speak (TLS 1.2 with only CBC suites or RSA key exchange); openssl needs eppmux built with
+    /// `--features openssl`.
+    #[arg(
+        long,
+        env = "EPPMUX_UPSTREAM_TLS",
+        value_enum,
+        value_name = "STACK",
+        default_value = "rustls"
+    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_tls: Option<UpstreamTls>,
     /// Timeout for each step of opening an upstream session: connect, TLS, greeting, login.
     #[arg(long, env = "EPPMUX_UPSTREAM_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     #[serde(

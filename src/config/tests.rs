@@ -494,3 +494,69 @@ password = "first"
         Some("listener pass")
     );
 }
+
+#[test]
+fn upstream_tls_is_chosen_per_registry_and_openssl_needs_a_build_with_the_feature() {
+    let cfg = Config::from_options(base(), &pw()).unwrap();
+    assert_eq!(cfg.registries[0].upstream.tls, UpstreamTls::Rustls);
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = TWO_REGISTRIES.replace(
+        "upstream_key = \"net-key.pem\"\n",
+        "upstream_key = \"net-key.pem\"\nupstream_tls = \"openssl\"\n",
+    );
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("upstream_tls"))
+        .unwrap();
+    let path = write(dir.path(), "eppmux.toml", &text);
+    let from_file = Config::from_sources(&Explicit::default(), Some(&path), &EnvSecrets::default());
+    let explicit = parse(&[
+        "eppmux",
+        "--listen",
+        "127.0.0.1:1700",
+        "--upstream",
+        "epp.example.net:700",
+        "--upstream-cert",
+        "c.pem",
+        "--upstream-key",
+        "k.pem",
+        "--clid",
+        "r1",
+        "--upstream-tls",
+        "openssl",
+    ]);
+    let from_flag = Config::from_sources(&explicit, None, &pw());
+    if cfg!(feature = "openssl") {
+        let cfg = from_file.unwrap();
+        let stacks: Vec<_> = cfg.registries.iter().map(|r| r.upstream.tls).collect();
+        assert_eq!(stacks, [UpstreamTls::Rustls, UpstreamTls::Openssl]);
+        assert_eq!(
+            from_flag.unwrap().registries[0].upstream.tls,
+            UpstreamTls::Openssl
+        );
+    } else {
+        let msg = from_file.unwrap_err().to_string();
+        assert!(
+            msg.starts_with("upstream_tls (")
+                && msg.contains(&format!("eppmux.toml:{line}"))
+                && msg.contains("registry example")
+                && msg.contains("cargo build --release --features openssl"),
+            "{msg}"
+        );
+        let msg = from_flag.unwrap_err().to_string();
+        assert!(
+            msg.starts_with("upstream_tls (flag --upstream-tls)"),
+            "{msg}"
+        );
+    }
+    // A stack that does not exist is refused in every build (serde's message, with its line).
+    std::fs::write(&path, text.replace("\"openssl\"", "\"gnutls\"")).unwrap();
+    let msg = Config::from_sources(&Explicit::default(), Some(&path), &EnvSecrets::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("unknown variant `gnutls`, expected `rustls` or `openssl`"),
+        "{msg}"
+    );
+}

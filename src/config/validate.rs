@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use super::layers::{Origin, Origins, Resolved};
-use super::options::{NamedRegistry, ProcessOptions, RegistryOptions};
+use super::options::{NamedRegistry, ProcessOptions, RegistryOptions, UpstreamTls};
 use super::{
     ClientLimits, Config, ConfigError, EnvSecrets, RegistryConfig, ServerTls, UpstreamConfig,
 };
@@ -383,6 +383,13 @@ fn upstream(
             format!("`{server_name}` is not a DNS name or IP address"),
         ));
     }
+    let tls = at.required("upstream_tls", &o.upstream_tls)?;
+    if tls == UpstreamTls::Openssl && !cfg!(feature = "openssl") {
+        return Err(at.invalid(
+            "upstream_tls",
+            "\"openssl\" needs an eppmux built with the openssl feature: `cargo build --release --features openssl` (with Debian's libssl-dev and pkg-config installed); this build has only rustls",
+        ));
+    }
     let cert = pem_input(at, "upstream_cert", &o.upstream_cert, "EPPMUX_UPSTREAM_CERT_PEM", &env.upstream_cert_pem)?
         .ok_or_else(|| at.invalid("upstream_cert", "a client certificate for the registry is required (RFC 5734 §9): --upstream-cert or EPPMUX_UPSTREAM_CERT_PEM"))?;
     let pem = pem_input(at, "upstream_key", &o.upstream_key, "EPPMUX_UPSTREAM_KEY_PEM", &env.upstream_key_pem)?
@@ -397,6 +404,7 @@ fn upstream(
     Ok(UpstreamConfig {
         addr,
         server_name,
+        tls,
         ca: at.file("upstream_ca", &o.upstream_ca),
         cert,
         key: KeySource { pem, passphrase },

@@ -179,6 +179,12 @@ impl Pool {
         self.inner.state().core.counters()
     }
 
+    /// While handshakes with the registry fail for want of a common cipher suite or TLS
+    /// version: what the last one said (for `/readyz`).
+    pub fn tls_mismatch(&self) -> Option<crate::upstream::NoCommonTls> {
+        self.inner.parts.target.tls.last_mismatch()
+    }
+
     /// The pool as JSON, for the admin endpoint's `/status`.
     pub fn status(&self) -> serde_json::Value {
         let now = Instant::now();

@@ -1,10 +1,13 @@
 //! Registry sessions. [`session`] speaks the protocol of one session (connect, mutual TLS,
-//! greeting, `<login>`, frames, `<hello>`, `<logout>`); [`answer`] decides which command an
-//! answer belongs to; [`run`] is the life of one pooled session, from opening to logout, with
-//! several commands in flight when pipelining is on. When sessions open and what they carry is
-//! the pool's business (`crate::pool`), which drives `run` through its [`run::Owner`] trait.
+//! greeting, `<login>`, frames, `<hello>`, `<logout>`) over the stream [`handshake`] opens with
+//! the registry's TLS stack (rustls, or OpenSSL with the `openssl` feature); [`answer`] decides
+//! which command an answer belongs to; [`run`] is the life of one pooled session, from opening to
+//! logout, with several commands in flight when pipelining is on. When sessions open and what
+//! they carry is the pool's business (`crate::pool`), which drives `run` through its
+//! [`run::Owner`] trait.
 
 pub mod answer;
+pub mod handshake;
 pub mod password;
 pub mod run;
 pub mod session;
@@ -13,25 +16,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rustls_pki_types::ServerName;
-use tokio_rustls::TlsConnector;
 
 use crate::config::{AccountConfig, UpstreamConfig};
 use crate::tls::TlsError;
 
+pub use handshake::NoCommonTls;
 pub use password::Passwords;
 pub use session::Session;
 
 /// What every session of every account shares: where the registry is and how to reach it.
 pub struct UpstreamTarget {
     /// A digest of everything that decides which registry this is and how eppmux proves who it
-    /// is: address, server name, and the bytes of the CA, certificate and key. A reload compares
+    /// is: address, server name, TLS stack, and the bytes of the CA, certificate and key. A reload compares
     /// it to tell whether sessions must be replaced (certificate files are often rewritten in
     /// place, so paths alone say nothing).
     pub identity: [u8; 32],
     pub addr: String,
-    pub server_name: ServerName<'static>,
-    pub connector: TlsConnector,
+    pub tls: handshake::Connector,
     pub step_timeout: Duration,
     pub response_timeout: Duration,
     pub max_frame: usize,
@@ -39,15 +40,10 @@ pub struct UpstreamTarget {
 
 impl UpstreamTarget {
     pub fn new(cfg: &UpstreamConfig, max_frame: usize) -> Result<Self, TlsError> {
-        let tls = crate::tls::client_config(cfg.ca.as_deref(), Some((&cfg.cert, &cfg.key)))?;
-        let server_name = ServerName::try_from(cfg.server_name.clone()).map_err(|e| {
-            TlsError::Config(format!("upstream_server_name `{}`: {e}", cfg.server_name))
-        })?;
         Ok(Self {
             identity: identity(cfg)?,
             addr: cfg.addr.clone(),
-            server_name,
-            connector: TlsConnector::from(tls),
+            tls: handshake::Connector::new(cfg)?,
             step_timeout: cfg.step_timeout,
             response_timeout: cfg.response_timeout,
             max_frame,
@@ -63,7 +59,12 @@ fn identity(cfg: &UpstreamConfig) -> Result<[u8; 32], TlsError> {
             .map_err(|e| TlsError::Config(format!("{source}: {e}")))
     };
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for part in [cfg.addr.as_bytes(), cfg.server_name.as_bytes()] {
+    let stack = format!("{:?}", cfg.tls);
+    for part in [
+        cfg.addr.as_bytes(),
+        cfg.server_name.as_bytes(),
+        stack.as_bytes(),
+    ] {
         ctx.update(&(part.len() as u64).to_be_bytes());
         ctx.update(part);
     }
@@ -101,7 +102,11 @@ pub enum OpenError {
         source: std::io::Error,
     },
     #[error("TLS handshake: {0}")]
-    Tls(std::io::Error),
+    Tls(String),
+    /// The registry and eppmux have no cipher suite or TLS version in common: the message says
+    /// what eppmux offered and how to see what the registry offers.
+    #[error(transparent)]
+    NoCommonTls(Box<NoCommonTls>),
     #[error("{step} timed out after {after:?}")]
     Timeout { step: &'static str, after: Duration },
     #[error("registry closed the connection during {0}")]

@@ -13,18 +13,19 @@ use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
-use tokio_rustls::client::TlsStream;
 use tokio_util::codec::Framed;
 use tracing::{info, warn};
 
 use super::answer::{Answers, Expect, Verdict};
+use super::handshake::Stream;
 use super::password::{Attempt, Learned, Passwords};
 use super::{ExchangeError, OpenError, UpstreamTarget};
 use crate::config::AccountConfig;
 use crate::epp::{self, Message};
 use crate::frame::{EppCodec, FrameError};
 
-type Wire = Framed<TlsStream<TcpStream>, EppCodec>;
+/// The same framing over either TLS stack's stream.
+type Wire = Framed<Box<dyn Stream>, EppCodec>;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OpenTimings {
@@ -76,16 +77,12 @@ pub async fn connect(
     // Every frame is one small write followed by a wait for the answer: Nagle only adds delay.
     let _ = tcp.set_nodelay(true);
     let peer = tcp.peer_addr().ok();
-    let tls = timeout(
-        step,
-        target.connector.connect(target.server_name.clone(), tcp),
-    )
-    .await
-    .map_err(|_| OpenError::Timeout {
-        step: "TLS handshake",
-        after: step,
-    })?
-    .map_err(OpenError::Tls)?;
+    let tls = timeout(step, target.tls.handshake(tcp))
+        .await
+        .map_err(|_| OpenError::Timeout {
+            step: "TLS handshake",
+            after: step,
+        })??;
     timings.tls = started.elapsed() - timings.connect;
     let mut framed = Framed::new(tls, EppCodec::new(target.max_frame));
     let greeting_frame = read_step(&mut framed, "greeting", step).await?;

@@ -55,8 +55,11 @@ async fn check_account(
         .as_ref()
         .map_or(String::new(), |n| format!("registry {n}: "));
     println!(
-        "{registry}account {} at {} (verifying {})",
-        account.clid, r.upstream.addr, r.upstream.server_name
+        "{registry}account {} at {} (verifying {}, {})",
+        account.clid,
+        r.upstream.addr,
+        r.upstream.server_name,
+        target.tls.stack()
     );
     let mut session = match Session::open(target, account, "eppmux-check-1", |_| {}).await {
         Ok(s) => s,
