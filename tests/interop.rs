@@ -151,39 +151,10 @@ async fn python_epptools_over_tls() {
 async fn openssl_s_client_with_the_example_frames() {
     let h = Harness::start(MockConfig::default(), |_| {}).await;
     let port = h.proxy.tls_addr.unwrap().port();
-    let root = ROOT;
-    let out = Command::new(format!("{root}/scripts/epp-send.sh"))
-        .arg(format!("localhost:{port}"))
-        .args(
-            ["login", "check", "create", "info", "delete", "logout"]
-                .map(|n| format!("{root}/examples/{n}.xml")),
-        )
-        .output()
-        .await
-        .expect("run scripts/epp-send.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "epp-send.sh failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("<greeting>"), "{stdout}");
-    for (cltrid, code) in [
-        ("EXAMPLE-LOGIN-1", 1000),
-        ("EXAMPLE-CHECK-1", 1000),
-        ("EXAMPLE-CREATE-1", 1000),
-        ("EXAMPLE-INFO-1", 1000),
-        ("EXAMPLE-DELETE-1", 1000),
-        ("EXAMPLE-LOGOUT-1", 1500),
-    ] {
-        let frame = stdout
-            .split("-- frame")
-            .find(|f| f.contains(cltrid))
-            .unwrap_or_else(|| panic!("no answer for {cltrid}:\n{stdout}"));
-        assert!(
-            frame.contains(&format!("result code=\"{code}\"")),
-            "{cltrid}: {frame}"
-        );
-    }
+    epp_send_examples(
+        port,
+        &["login", "check", "create", "info", "delete", "logout"],
+    )
+    .await;
     h.stop().await;
 }

@@ -90,46 +90,24 @@ pub(super) fn account(
     r: &RegistryOptions,
     at: &At<'_>,
 ) -> Result<AccountConfig, ConfigError> {
-    let password = match (&acc.password, at.file("password_file", &acc.password_file)) {
-        (Some(_), Some(_)) => {
-            return Err(at.invalid("password", "set password or password_file, not both"))
-        }
-        (Some(p), None) => p.clone(),
-        (None, Some(path)) => read_secret_file(at, "password_file", &path)?,
-        (None, None) => return Err(at.invalid("password", "password or password_file is required")),
-    };
-    let new_password = match (
+    let password = secret_or_file(at, "password", &acc.password, &acc.password_file)?
+        .ok_or_else(|| at.invalid("password", "password or password_file is required"))?;
+    let new_password = secret_or_file(
+        at,
+        "new_password",
         &acc.new_password,
-        at.file("new_password_file", &acc.new_password_file),
-    ) {
-        (Some(_), Some(_)) => {
-            return Err(at.invalid(
-                "new_password",
-                "set new_password or new_password_file, not both",
-            ))
-        }
-        (Some(p), None) => Some(p.clone()),
-        (None, Some(path)) => Some(read_secret_file(at, "new_password_file", &path)?),
-        (None, None) => None,
-    };
+        &acc.new_password_file,
+    )?;
     let mut out = account_with(acc, password, r, at)?;
     out.new_password = checked_new_password(new_password, &out.password, at)?;
     out.local = LocalLogin {
         clid: acc.local_clid.clone(),
-        password: match (
+        password: secret_or_file(
+            at,
+            "local_password",
             &acc.local_password,
-            at.file("local_password_file", &acc.local_password_file),
-        ) {
-            (Some(_), Some(_)) => {
-                return Err(at.invalid(
-                    "local_password",
-                    "set local_password or local_password_file, not both",
-                ))
-            }
-            (Some(p), None) => Some(p.clone()),
-            (None, Some(path)) => Some(read_secret_file(at, "local_password_file", &path)?),
-            (None, None) => None,
-        },
+            &acc.local_password_file,
+        )?,
         client_certs: fingerprints(at, "local_client_certs", acc.local_client_certs.as_deref())?,
     };
     Ok(out)
@@ -224,5 +202,21 @@ impl SessionOptions {
                 .max_commands_per_second
                 .or(inherited.max_commands_per_second),
         }
+    }
+}
+
+/// A secret given inline (`key`) or as a file (`key_file`), at most one of the two.
+fn secret_or_file(
+    at: &At<'_>,
+    key: &str,
+    inline: &Option<Secret>,
+    file: &Option<std::path::PathBuf>,
+) -> Result<Option<Secret>, ConfigError> {
+    let file_key = format!("{key}_file");
+    match (inline, at.file(&file_key, file)) {
+        (Some(_), Some(_)) => Err(at.invalid(key, format!("set {key} or {file_key}, not both"))),
+        (Some(p), None) => Ok(Some(p.clone())),
+        (None, Some(path)) => read_secret_file(at, &file_key, &path).map(Some),
+        (None, None) => Ok(None),
     }
 }

@@ -337,3 +337,35 @@ pub fn python_modules(modules: &[&str]) -> Result<(), String> {
         }
     ))
 }
+
+/// Sends the example frames `examples/{name}.xml` through `scripts/epp-send.sh` (`openssl
+/// s_client`, as the README shows) to the TLS listener on `port`, and checks each answer's
+/// result code by its clTRID (`EXAMPLE-{NAME}-1`): 1500 for logout, 1000 for the rest.
+pub async fn epp_send_examples(port: u16, names: &[&str]) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = tokio::process::Command::new(format!("{root}/scripts/epp-send.sh"))
+        .arg(format!("localhost:{port}"))
+        .args(names.iter().map(|n| format!("{root}/examples/{n}.xml")))
+        .output()
+        .await
+        .expect("run scripts/epp-send.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "epp-send.sh failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("<greeting>"), "{stdout}");
+    for name in names {
+        let cltrid = format!("EXAMPLE-{}-1", name.to_uppercase());
+        let code = if *name == "logout" { 1500 } else { 1000 };
+        let frame = stdout
+            .split("-- frame")
+            .find(|f| f.contains(&cltrid))
+            .unwrap_or_else(|| panic!("no answer for {cltrid}:\n{stdout}"));
+        assert!(
+            frame.contains(&format!("result code=\"{code}\"")),
+            "{cltrid}: {frame}"
+        );
+    }
+}
