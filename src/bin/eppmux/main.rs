@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
 use tracing::Level;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{filter_fn, FilterExt, Targets};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
 
@@ -119,14 +119,19 @@ pub fn init_logging(format: LogFormat, filter: &str, audit_log: Option<&Path>) -
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    // The audit file has the audit events only, whatever the log level.
+    // The audit file has the audit events only, whatever the log level; with no file open the
+    // layer turns them down before they are formatted.
+    let open = audit.clone();
+    let audit_filter = Targets::new()
+        .with_target(eppmux::audit::TARGET, Level::INFO)
+        .and(filter_fn(move |_| open.is_open()));
     let audit_layer = fmt::layer()
         .json()
         .flatten_event(true)
         .with_current_span(false)
         .with_span_list(false)
         .with_writer(audit.clone())
-        .with_filter(Targets::new().with_target(eppmux::audit::TARGET, Level::INFO));
+        .with_filter(audit_filter);
     tracing_subscriber::registry()
         .with(main.with_filter(reloadable))
         .with(audit_layer)

@@ -97,24 +97,15 @@ impl PoolCore {
     /// session (or none), and the next step decides afresh. A stale session may end by itself
     /// meanwhile: fewer left to retire. A session the pool opened for its own reasons may be
     /// logging in when a step comes: it is taken as the spare, since opening another would
-    /// overshoot `pool_max` and retiring first would dip below the live count.
+    /// overshoot `pool_max` and retiring first would dip below the live count. At `pool_max`, a
+    /// stale session retired earlier may still be finishing its commands when the next step
+    /// comes: nothing more retires until it has logged out, or two would be gone at once.
     pub(super) fn rotate_step(&mut self, now: Instant, out: &mut Vec<Action>) -> Option<Instant> {
         let mut rotation = self.rotation?;
         if self.closing {
             return None;
         }
-        let stale_live: Vec<(usize, SessionId)> = self
-            .sessions
-            .iter()
-            .filter_map(|(id, slot)| match slot {
-                Slot::Live(s) if s.stale && !s.retiring => Some((s.in_flight, *id)),
-                _ => None,
-            })
-            .collect();
-        let stale_opening = self
-            .sessions
-            .values()
-            .any(|slot| matches!(slot, Slot::Opening(true)));
+        let (stale_live, stale_opening) = self.stale_sessions();
         if stale_live.is_empty() {
             if !stale_opening {
                 self.rotation = None;
@@ -169,14 +160,42 @@ impl PoolCore {
                 reconnect: false,
             });
             rotation.spare = Some(id);
-        } else if self.failures == 0 {
+        } else if self.failures == 0 && !self.stale_retiring() {
             self.retire_least_busy(&stale_live);
             rotation.next_at = now + self.limits.rotation_interval;
+        } else if self.failures == 0 {
+            // The slot the last one retired from is not free yet: its end comes back here.
+            return None;
         } else {
             return self.backoff_until;
         }
         self.rotation = Some(rotation);
         Some(rotation.next_at).filter(|at| *at > now)
+    }
+
+    /// The stale sessions that may still retire (with what each has in flight), and whether a
+    /// stale one is still logging in.
+    fn stale_sessions(&self) -> (Vec<(usize, SessionId)>, bool) {
+        let live = self
+            .sessions
+            .iter()
+            .filter_map(|(id, slot)| match slot {
+                Slot::Live(s) if s.stale && !s.retiring => Some((s.in_flight, *id)),
+                _ => None,
+            })
+            .collect();
+        let opening = self
+            .sessions
+            .values()
+            .any(|slot| matches!(slot, Slot::Opening(true)));
+        (live, opening)
+    }
+
+    /// A stale session retired and not yet logged out: it still holds a slot at the registry.
+    fn stale_retiring(&self) -> bool {
+        self.sessions
+            .values()
+            .any(|slot| matches!(slot, Slot::Live(s) if s.stale && s.retiring))
     }
 
     fn retire_least_busy(&mut self, candidates: &[(usize, SessionId)]) {

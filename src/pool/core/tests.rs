@@ -564,3 +564,41 @@ fn new_credentials_end_the_stop_after_repeated_2200s() {
     assert_eq!(opens(&actions).len(), 1, "logging in again: {actions:?}");
     assert!(core.stats(now).unhealthy.is_none());
 }
+
+#[test]
+fn at_pool_max_the_next_stale_session_waits_until_the_last_one_has_logged_out() {
+    let t0 = Instant::now();
+    let lim = limits(1, 2);
+    let mut core = with_live(lim.clone(), 1, t0);
+    core.request(t0, 1, 100, false);
+    let (_, actions) = core.request(t0, 2, 100, false);
+    core.ready(t0, opens(&actions)[0]);
+    // Both sessions busy: the first to retire keeps serving its command for a while.
+    core.rotate(t0);
+    let retiring =
+        |core: &mut PoolCore, now| core.sessions(now).iter().filter(|s| s.retiring).count();
+    assert_eq!(retiring(&mut core, t0), 1);
+    let later = t0 + lim.rotation_interval * 3;
+    let actions = core.tick(later);
+    assert_eq!(
+        retiring(&mut core, later),
+        1,
+        "a second stale session would leave the account with none: {actions:?}"
+    );
+    let first = core
+        .sessions(later)
+        .iter()
+        .find(|s| s.retiring)
+        .map(|s| s.id)
+        .unwrap();
+    let actions = [
+        core.answered(later, first),
+        core.ended(later, first, Ended::Retired, None),
+    ]
+    .concat();
+    assert_eq!(
+        opens(&actions).len(),
+        1,
+        "its slot goes to a fresh session: {actions:?}"
+    );
+}
