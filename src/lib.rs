@@ -8,7 +8,8 @@
 //! connect), `admin` (health, readiness, metrics, status over HTTP), `metrics`, `tls`, `keys`
 //! (PEM and encrypted keys) and `shown` (what a log line may say). The wire formats — framing,
 //! EPP sniffing, the answers eppmux writes — are the `eppmux-wire` crate, re-exported here as
-//! [`frame`], [`epp`] and [`secret`]; the mock registry is the `eppmux-mock` crate.
+//! [`frame`], [`epp`] and [`secret`]; the mock registry is a crate of its own, which only the
+//! binary and the tests use.
 //!
 //! The public surface is what the `eppmux` binary and the integration tests need; everything
 //! else is private so that it can change freely.
