@@ -184,3 +184,63 @@ async fn a_change_the_registry_refuses_keeps_the_old_password_in_force() {
     proxy.shutdown().await;
     mock.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_opening_together_ask_for_the_change_once_and_fail_no_login() {
+    init_tracing();
+    // A registry slow to check passwords: without one login at a time, every session opening
+    // at start would send the old password before the first learned it had changed.
+    let mock = start_mock(MockConfig {
+        login_latency: std::time::Duration::from_millis(100),
+        ..MockConfig::default()
+    })
+    .await;
+    let proxy = with_new_password(&mock, NEW, (3, 3)).await;
+    live(&proxy, 3).await;
+    assert_eq!(
+        logins_sent(&mock),
+        (3, 1),
+        "one change, then the new password"
+    );
+    assert_eq!(
+        mock.stats().login_attempts.load(Relaxed),
+        3,
+        "no login was refused"
+    );
+    proxy.shutdown().await;
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_fails_leaves_the_registry_password_as_it_was() {
+    init_tracing();
+    let mut mock_cfg = MockConfig::default();
+    mock_cfg
+        .accounts
+        .insert("registrar2".into(), "other-Pw-1".into());
+    let mock = start_mock(mock_cfg).await;
+    let mut cfg: Config = proxy_config(mock.addr);
+    let mut second = cfg.registries[0].accounts[0].clone();
+    second.clid = "registrar2".into();
+    second.password = Secret::new("other-Pw-1");
+    second.local.clid = None;
+    cfg.registries[0].accounts.push(second);
+    let proxy = Proxy::start(&cfg, CancellationToken::new()).await.unwrap();
+    for pool in proxy.pools() {
+        pool.wait_for(|s| s.live >= 1).await;
+    }
+    // One reload: a password change for the first account, a wrong password for the second.
+    let mut next = cfg.clone();
+    next.registries[0].accounts[0].new_password = Some(Secret::new(NEW));
+    next.registries[0].accounts[1].password = Secret::new("wrong-Pw-2");
+    let err = proxy.reload(&next).await.unwrap_err().to_string();
+    assert!(err.contains("registrar2") && err.contains("2200"), "{err}");
+    assert_eq!(
+        mock.password(CLID).as_deref(),
+        Some(PASSWORD),
+        "the trial of the first account changed nothing at the registry"
+    );
+    assert_eq!(logins_sent(&mock).1, 0, "no <newPW> was sent");
+    proxy.shutdown().await;
+    mock.shutdown().await;
+}

@@ -39,7 +39,14 @@ impl Inner {
         f: impl FnOnce(&mut State, Instant) -> (T, Vec<Action>),
     ) -> T {
         let now = Instant::now();
+        // Read before the state lock: the passwords are never locked inside it.
+        let change_pending = {
+            let creds = self.credentials();
+            let passwords = creds.passwords.lock().unwrap_or_else(|p| p.into_inner());
+            passwords.change_pending()
+        };
         let mut st = self.state();
+        st.core.set_serial_logins(change_pending);
         let before = (st.core.next_wakeup(), st.core.counters());
         let (value, actions) = f(&mut st, now);
         self.apply(&mut st, actions, now);

@@ -182,7 +182,7 @@ impl Pool {
     /// While handshakes with the registry fail for want of a common cipher suite or TLS
     /// version: what the last one said (for `/readyz`).
     pub fn tls_mismatch(&self) -> Option<crate::upstream::NoCommonTls> {
-        self.inner.parts.target.tls.last_mismatch()
+        self.inner.credentials().target.tls.last_mismatch()
     }
 
     /// The pool as JSON, for the admin endpoint's `/status`.
@@ -290,30 +290,61 @@ impl Pool {
         }
     }
 
-    /// Tries `account` at `target` with one session of its own (connect, log in — making a
-    /// password change if one is asked for — and log out), before a reload commits to it.
-    /// Returns the credentials to adopt, with what the login taught about the passwords.
+    /// Tries `account` at `target` with one session of its own (connect, log in, log out)
+    /// before a reload commits to it. The trial never asks for a password change: a reload that
+    /// fails later (another account's trial) must leave the registry as it found it; the change
+    /// is made by the first session that opens after the reload applied. Returns the credentials
+    /// to adopt, with what the login taught about the passwords.
     pub async fn try_credentials(
         &self,
         account: &AccountConfig,
         target: Arc<UpstreamTarget>,
     ) -> Result<Arc<Credentials>, crate::upstream::OpenError> {
-        let passwords = Arc::new(Mutex::new(Passwords::new(
-            account.password.clone(),
-            account.new_password.clone(),
-        )));
+        let (password, new_password) = (&account.password, &account.new_password);
+        let trial = Mutex::new(Passwords::without_change(
+            password.clone(),
+            new_password.clone(),
+        ));
         let cltrid = format!("eppmux-reload-{}", fastrand::u32(..));
         let connected = crate::upstream::session::connect(&target, |_| {}).await?;
-        let session = connected
-            .login(account, &passwords, &cltrid, target.step_timeout)
-            .await?;
+        let session = match connected
+            .login(account, &trial, &cltrid, target.step_timeout)
+            .await
+        {
+            Ok(session) => session,
+            // The pool fills the registry's session limit: no room for a trial. Refusing the
+            // reload would make rotation at pool_max impossible; the rotation itself tries the
+            // credentials, one session at a time, and stops at repeated 2200s.
+            Err(crate::upstream::OpenError::LoginRefused { code: 2502, .. }) => {
+                warn!(
+                    account = %account.clid,
+                    "reload: no room at the registry to try the new credentials first (2502); applying them, the rotation tries them one session at a time"
+                );
+                let passwords = Passwords::new(password.clone(), new_password.clone());
+                return Ok(Arc::new(Credentials {
+                    target,
+                    account: account.clone(),
+                    passwords: Arc::new(Mutex::new(passwords)),
+                }));
+            }
+            Err(e) => return Err(e),
+        };
         session
             .logout(&format!("{cltrid}-out"), target.step_timeout)
             .await;
+        let trial = trial.into_inner().unwrap_or_else(|p| p.into_inner());
+        let changed_already = new_password
+            .as_ref()
+            .is_some_and(|new| trial.current().ct_eq(new.expose()));
+        let passwords = if changed_already {
+            trial
+        } else {
+            Passwords::new(password.clone(), new_password.clone())
+        };
         Ok(Arc::new(Credentials {
             target,
             account: account.clone(),
-            passwords,
+            passwords: Arc::new(Mutex::new(passwords)),
         }))
     }
 
@@ -325,6 +356,7 @@ impl Pool {
         &self,
         account: &AccountConfig,
         settings: PoolSettings,
+        target: &Arc<UpstreamTarget>,
         creds: Option<Arc<Credentials>>,
     ) {
         let rotate = creds.is_some();
@@ -340,8 +372,10 @@ impl Pool {
             } else {
                 running.passwords.clone()
             };
+            // Same identity (else there would be new credentials): the sessions stay, and the
+            // ones that open next take the new timeouts and frame limit.
             Arc::new(Credentials {
-                target: running.target.clone(),
+                target: target.clone(),
                 account: account.clone(),
                 passwords,
             })
@@ -352,6 +386,8 @@ impl Pool {
             let mut actions = core.set_limits(now, limits);
             if rotate {
                 actions.extend(core.rotate(now));
+            } else {
+                actions.extend(core.resume(now));
             }
             actions
         });

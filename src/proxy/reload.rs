@@ -106,10 +106,9 @@ impl Proxy {
                 source,
             };
             let built = UpstreamTarget::new(&r.upstream, new.limits.max_frame).map_err(tls_err)?;
-            let target = match &running {
-                Some(run) if run.target.identity == built.identity => run.target.clone(),
-                _ => Arc::new(built),
-            };
+            // Always the new one: timeouts and the frame limit apply even when the identity
+            // (and so every session) stays.
+            let target = Arc::new(built);
             let listener_tls = listener_tls(r.tls.as_ref()).map_err(tls_err)?;
             let (plain, tls) = bind_new(running.as_ref(), r).await?;
             for acc in &r.accounts {
@@ -170,7 +169,6 @@ impl Proxy {
             .iter()
             .find(|x| x.config.name == r.name)?;
         Some(RunningView {
-            target: live.target.clone(),
             plain: live.plain.as_ref().map(|l| (l.configured, l.bound)),
             tls: live.tls.as_ref().map(|l| (l.configured, l.bound)),
             pools: live
@@ -222,7 +220,6 @@ impl Proxy {
 
 /// The running registry, as prepare reads it.
 struct RunningView {
-    target: Arc<UpstreamTarget>,
     plain: Option<(SocketAddr, Option<SocketAddr>)>,
     tls: Option<(SocketAddr, Option<SocketAddr>)>,
     pools: HashMap<String, crate::pool::Pool>,
@@ -277,7 +274,9 @@ impl Common {
                             acc.clid
                         ));
                     }
-                    account.pool.reconfigure(acc, pool_settings(r), creds);
+                    account
+                        .pool
+                        .reconfigure(acc, pool_settings(r), &live.target, creds);
                     account.config = Arc::new(acc.clone());
                     live.accounts.push((account, close));
                 }

@@ -43,6 +43,9 @@ pub struct Passwords {
     new_in_force: bool,
     /// The next login asks for the change.
     change_pending: bool,
+    /// The registry refused the old password to a change: the new one is tried first from then
+    /// on, though no login with it has been accepted yet.
+    new_likely: bool,
 }
 
 impl Passwords {
@@ -52,6 +55,7 @@ impl Passwords {
             old: password,
             new: new_password,
             new_in_force: false,
+            new_likely: false,
         }
     }
 
@@ -65,10 +69,16 @@ impl Passwords {
 
     /// The password the registry is believed to hold.
     pub fn current(&self) -> &Secret {
-        match (&self.new, self.new_in_force) {
+        match (&self.new, self.new_in_force || self.new_likely) {
             (Some(new), true) => new,
             _ => &self.old,
         }
+    }
+
+    /// The next login asks for a change: logins should go one at a time until it is decided,
+    /// or every session opening at once would send the old password after it stopped working.
+    pub fn change_pending(&self) -> bool {
+        self.change_pending
     }
 
     /// The change asked for, if any (made, pending or refused).
@@ -81,6 +91,9 @@ impl Passwords {
         match (&self.new, self.new_in_force, self.change_pending) {
             (None, _, _) => "password",
             (Some(_), true, _) => "new_password (changed at the registry)",
+            (Some(_), false, false) if self.new_likely => {
+                "new_password (the registry refused the old one; not yet accepted)"
+            }
             (Some(_), false, true) => "password (change to new_password pending)",
             (Some(_), false, false) => "password (the registry refused new_password)",
         }
@@ -151,7 +164,17 @@ impl Passwords {
                     Learned::Nothing
                 }
             }
-            (2200, true) => Learned::Nothing,
+            // The old password is no longer valid: most likely the change was made (by another
+            // replica, or before a restart). The next login tries the new one alone, so that a
+            // registry that closes the connection after a 2200 cannot keep eppmux asking for the
+            // change at every session.
+            (2200, true) => {
+                self.change_pending = false;
+                self.new_likely = true;
+                Learned::Nothing
+            }
+            // Busy, or the session limit: nothing was decided about the password.
+            (2400 | 2500.., true) => Learned::Nothing,
             (_, true) => {
                 self.change_pending = false;
                 Learned::ChangeRefused {
@@ -241,5 +264,33 @@ mod tests {
         assert!(is(p.current(), "old-pw"));
         // A connection the registry closes leaves nothing to try.
         assert_eq!(p.after(&b, 2501), None);
+    }
+
+    #[test]
+    fn after_a_2200_to_the_change_the_next_session_tries_the_new_password_alone() {
+        // A registry that closes the connection after refusing a login never sees the second
+        // attempt; asking for the change at every session would fail every time.
+        let mut p = pws();
+        let a = p.first();
+        assert_eq!(p.learn(&a, 2200, "Authentication error"), Learned::Nothing);
+        let b = p.first();
+        assert!(is(&b.pw, "new-pw") && b.new_pw.is_none());
+        assert_eq!(p.learn(&b, 1000, "ok"), Learned::AlreadyNew);
+    }
+
+    #[test]
+    fn a_busy_or_full_registry_leaves_the_change_pending() {
+        let mut p = pws();
+        for code in [2400, 2502] {
+            let a = p.first();
+            assert_eq!(
+                p.learn(&a, code, "Session limit exceeded"),
+                Learned::Nothing
+            );
+            assert!(
+                p.first().new_pw.is_some(),
+                "{code}: the next login asks again"
+            );
+        }
     }
 }

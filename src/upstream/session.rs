@@ -115,8 +115,16 @@ impl Connected {
         let started = Instant::now();
         let mut attempt = lock(passwords).first();
         let mut cltrid = cltrid.to_string();
+        let mut refused: Option<(u16, String)> = None;
         loop {
-            let (code, msg) = self.send_login(account, &attempt, &cltrid, step).await?;
+            let sent = self.send_login(account, &attempt, &cltrid, step).await;
+            let (code, msg) = match (sent, refused) {
+                (Ok(answer), _) => answer,
+                // The registry closed after refusing the first login: that refusal is what
+                // counts (towards the stop after repeated 2200s), not the closed connection.
+                (Err(_), Some((code, msg))) => return Err(OpenError::LoginRefused { code, msg }),
+                (Err(e), None) => return Err(e),
+            };
             let learned = lock(passwords).learn(&attempt, code, &msg);
             report(&account.clid, learned);
             if code == 1000 {
@@ -134,6 +142,7 @@ impl Connected {
                 Some(next) if !cltrid.ends_with("-again") => {
                     attempt = next;
                     cltrid.push_str("-again");
+                    refused = Some((code, msg));
                 }
                 _ => return Err(OpenError::LoginRefused { code, msg }),
             }

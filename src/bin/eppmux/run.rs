@@ -37,13 +37,19 @@ pub async fn serve(cfg: Config, mut reloadable: Option<(Invocation, Logging)>) -
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut hup = signal(SignalKind::hangup())?;
+        // Made once: its listeners stay registered while a reload runs, so a SIGTERM sent then
+        // is not lost (tokio drops a signal that finds no listener). It also ends a reload that
+        // is still trying credentials: nothing has changed before the reload's apply step.
+        let stop = wait_for_signal();
+        tokio::pin!(stop);
         loop {
             tokio::select! {
-                _ = wait_for_signal() => break,
+                _ = &mut stop => break,
                 _ = hup.recv() => match &mut reloadable {
-                    Some((invocation, logging)) => {
-                        reload(invocation, logging, &mut running, &proxy).await
-                    }
+                    Some((invocation, logging)) => tokio::select! {
+                        _ = reload(invocation, logging, &mut running, &proxy) => {}
+                        _ = &mut stop => break,
+                    },
                     None => info!("SIGHUP ignored: nothing to reload"),
                 },
             }

@@ -105,6 +105,8 @@ pub struct PoolCore {
     closing: bool,
     /// While sessions opened with replaced credentials remain.
     rotation: Option<Rotation>,
+    /// Open one session at a time (a password change is pending): see [`PoolCore::set_serial_logins`].
+    serial_logins: bool,
     dead: usize,
     /// Sessions that ended or failed to open: the next ones opened are reconnects.
     to_replace: usize,
@@ -147,6 +149,7 @@ impl PoolCore {
             throttled_head: None,
             closing: false,
             rotation: None,
+            serial_logins: false,
             dead: 0,
             to_replace: 0,
             last_error: None,
@@ -247,6 +250,10 @@ impl PoolCore {
         self.backoff_until = None;
         self.login_refusals = 0;
         self.transient_2502 = 0;
+        // A login went through: whatever stopped the account after repeated 2200s is over.
+        if self.unhealthy.take().is_some() {
+            info!("a login went through: the account opens sessions again");
+        }
         self.dead = self.dead.saturating_sub(1);
         let max = self.effective_max(now);
         // A shrink while it was opening: log it out again rather than exceed the maximum.
@@ -345,6 +352,11 @@ impl PoolCore {
             "registry session limit reached (2502): holding the account at {cap} session(s)"
         );
         self.capped = Some((cap, now + hold));
+    }
+
+    /// Logins one at a time (a password change is pending: see `upstream::password`).
+    pub fn set_serial_logins(&mut self, on: bool) {
+        self.serial_logins = on;
     }
 
     /// Session `id` decided to retire by itself (maximum age).

@@ -63,6 +63,19 @@ impl PoolCore {
         self.settled(now, Vec::new())
     }
 
+    /// A reload without new credentials: an account stopped after repeated 2200s tries again
+    /// (the operator was told to check the password, or have the registry unlock the account,
+    /// and reload); three more 2200s stop it again.
+    pub fn resume(&mut self, now: Instant) -> Vec<Action> {
+        if self.unhealthy.take().is_some() {
+            info!("reload: the account stopped after repeated 2200s tries to log in again");
+            self.login_refusals = 0;
+            self.failures = 0;
+            self.backoff_until = None;
+        }
+        self.settled(now, Vec::new())
+    }
+
     /// New credentials (a reload, after they were tried at the registry): every session opened
     /// with the old ones is replaced, one at a time, `rotation_interval` apart — a fresh session
     /// logs in first and the oldest-credential session with the least in flight retires after
@@ -102,7 +115,9 @@ impl PoolCore {
     /// comes: nothing more retires until it has logged out, or two would be gone at once.
     pub(super) fn rotate_step(&mut self, now: Instant, out: &mut Vec<Action>) -> Option<Instant> {
         let mut rotation = self.rotation?;
-        if self.closing {
+        // Stopped after repeated 2200s: no more logins until the configuration changes, the
+        // rotation's included (a new reload starts it again).
+        if self.closing || self.unhealthy.is_some() {
             return None;
         }
         let (stale_live, stale_opening) = self.stale_sessions();

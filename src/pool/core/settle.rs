@@ -81,8 +81,9 @@ impl PoolCore {
         let load: usize = self.live_sessions().map(|s| s.in_flight).sum::<usize>() + waiting;
         let for_demand = load.saturating_sub(active + opening);
         let mut want = for_min.max(for_demand).min(room);
-        if self.failures > 0 {
-            // While failing, probe with one session at a time.
+        if self.failures > 0 || self.serial_logins {
+            // While failing, probe with one session at a time; while a password change is
+            // pending, let the first login decide it before others try.
             want = want.min(1usize.saturating_sub(opening));
         }
         if want == 0 {

@@ -602,3 +602,43 @@ fn at_pool_max_the_next_stale_session_waits_until_the_last_one_has_logged_out() 
         "its slot goes to a fresh session: {actions:?}"
     );
 }
+
+#[test]
+fn a_reload_lets_an_account_stopped_after_repeated_2200s_try_again() {
+    let t0 = Instant::now();
+    let mut core = PoolCore::new(limits(1, 1), t0, 1);
+    let mut now = t0;
+    let mut id = opens(&core.start(t0))[0];
+    for _ in 0..3 {
+        core.open_failed(now, id, OpenFailure::Refused(2200), Some("2200".into()));
+        now += secs(60.0);
+        id = opens(&core.tick(now)).first().copied().unwrap_or(0);
+    }
+    assert!(core.tick(now + secs(3600.0)).is_empty(), "stopped");
+    let actions = core.resume(now);
+    assert_eq!(opens(&actions).len(), 1, "{actions:?}");
+    assert!(core.stats(now).unhealthy.is_none());
+}
+
+#[test]
+fn a_rotation_whose_credentials_keep_failing_stops_logging_in() {
+    let t0 = Instant::now();
+    let mut core = with_live(limits(1, 2), 1, t0);
+    let mut now = t0;
+    let mut spare = opens(&core.rotate(now));
+    for _ in 0..3 {
+        assert_eq!(spare.len(), 1, "one spare at a time");
+        core.open_failed(
+            now,
+            spare[0],
+            OpenFailure::Refused(2200),
+            Some("2200".into()),
+        );
+        now += secs(60.0);
+        spare = opens(&core.tick(now));
+    }
+    assert!(core.stats(now).unhealthy.is_some());
+    assert!(spare.is_empty(), "no login after the stop: {spare:?}");
+    assert!(opens(&core.tick(now + secs(3600.0))).is_empty());
+    assert_eq!(core.stats(now).live, 1, "the old session stays");
+}
