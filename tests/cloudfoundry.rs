@@ -35,14 +35,6 @@ fn b64(path: &Path) -> String {
     base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn check_manifest(path: &Path) -> Output {
     Command::new("python3")
         .arg(deploy("check-manifest.py"))

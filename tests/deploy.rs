@@ -283,18 +283,13 @@ out = [("alert " + r["alert"], r["expr"]) for g in rules["groups"] for r in g["r
 out += [("alerts.test.yml", s["series"]) for t in tests["tests"] for s in t["input_series"]]
 print(json.dumps(out))
 "#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(format!("{ROOT}/deploy/prometheus/alerts.yml"))
-        .arg(format!("{ROOT}/deploy/prometheus/alerts.test.yml"))
-        .output()
-        .expect("python3 (with PyYAML: scripts/install-test-deps.sh)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    python_json(
+        script,
+        &[
+            "deploy/prometheus/alerts.yml",
+            "deploy/prometheus/alerts.test.yml",
+        ],
+    )
 }
 
 /// Every way `queries` do not fit `scrape`, one line each.
@@ -570,25 +565,7 @@ print(json.dumps({"args": c["args"], "env": env, "mounts": mounts,
                   "grace": pod["terminationGracePeriodSeconds"],
                   "pre_stop_sleep": c["lifecycle"]["preStop"]["sleep"]["seconds"]}))
 "#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(format!("{ROOT}/deploy/kubernetes/base/deployment.yaml"))
-        .output()
-        .expect("python3 (with PyYAML: scripts/install-test-deps.sh)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    python_json(script, &["deploy/kubernetes/base/deployment.yaml"])
 }
 
 /// GET with a bearer token (eppmux::admin::get sends none).
@@ -796,4 +773,20 @@ fn the_overlay_toml_is_the_base_toml_but_for_the_pool_sizes() {
     assert_eq!(b["pool_max"].as_integer(), Some(4));
     // floor(cap × 0.8 / replicas) for .gov's cap of 100 and 2 replicas.
     assert_eq!(o["pool_max"].as_integer(), Some(100 * 8 / 10 / 2));
+}
+
+/// What a Python `script` (PyYAML at hand, as in scripts/check-deploy.sh) prints as JSON, given
+/// these repository files as arguments.
+fn python_json<T: serde::de::DeserializeOwned>(script: &str, files: &[&str]) -> T {
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .args(files.iter().map(|f| format!("{ROOT}/{f}")))
+        .output()
+        .expect("python3 (with PyYAML: scripts/install-test-deps.sh)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }

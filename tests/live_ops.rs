@@ -25,12 +25,6 @@ fn fixture(path: &str) -> PathBuf {
         .join(path)
 }
 
-/// A free loopback port (bound and released; the binary binds it again).
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 /// When a certificate expires (seconds since the epoch), read by OpenSSL, not by eppmux.
 fn not_after(pem: &Path) -> i64 {
     let script = format!(

@@ -346,10 +346,7 @@ async fn sighup_applies_pool_sizes_and_refuses_bad_configs_without_dropping_clie
     let mock = start_mock(MockConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("eppmux.toml");
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let listen = free_addr();
     let write = |pool_min: usize, extra: &str| {
         let mut f = std::fs::File::create(&file).unwrap();
         writeln!(

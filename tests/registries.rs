@@ -38,13 +38,6 @@ async fn two_mocks() -> (MockRegistry, MockRegistry) {
     (a, b)
 }
 
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// A configuration file with registry `a` (TLS listener) and `b` (plain listener).
 fn two_registries(
     a: SocketAddr,
@@ -176,7 +169,7 @@ async fn sighup_applies_pool_sizes_per_registry() {
     let (mock_a, mock_b) = two_mocks().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("eppmux.toml");
-    let (listen_a, listen_b) = (free_port(), free_port());
+    let (listen_a, listen_b) = (free_addr(), free_addr());
     write(
         &file,
         &two_registries(mock_a.addr, mock_b.addr, listen_a, listen_b, 2),

@@ -61,6 +61,21 @@ fn with_live(lim: Limits, n: usize, t0: Instant) -> PoolCore {
     core
 }
 
+/// A one-session core whose logins were refused with 2200 three times in a row, a minute
+/// apart: stopped. Returns it and the instant of the last refusal plus a minute.
+fn stopped_after_three_2200s() -> (PoolCore, Instant) {
+    let t0 = Instant::now();
+    let mut core = PoolCore::new(limits(1, 1), t0, 1);
+    let mut now = t0;
+    let mut id = opens(&core.start(t0))[0];
+    for _ in 0..3 {
+        core.open_failed(now, id, OpenFailure::Refused(2200), Some("2200".into()));
+        now += secs(60.0);
+        id = opens(&core.tick(now)).first().copied().unwrap_or(0);
+    }
+    (core, now)
+}
+
 #[test]
 fn start_opens_pool_min_at_once() {
     let t0 = Instant::now();
@@ -550,15 +565,7 @@ fn at_pool_max_a_stale_session_retires_first_but_not_while_opens_fail() {
 
 #[test]
 fn new_credentials_end_the_stop_after_repeated_2200s() {
-    let t0 = Instant::now();
-    let mut core = PoolCore::new(limits(1, 1), t0, 1);
-    let mut now = t0;
-    let mut id = opens(&core.start(t0))[0];
-    for _ in 0..3 {
-        core.open_failed(now, id, OpenFailure::Refused(2200), Some("2200".into()));
-        now += secs(60.0);
-        id = opens(&core.tick(now)).first().copied().unwrap_or(0);
-    }
+    let (mut core, now) = stopped_after_three_2200s();
     assert!(core.stats(now).unhealthy.is_some());
     let actions = core.rotate(now);
     assert_eq!(opens(&actions).len(), 1, "logging in again: {actions:?}");
@@ -605,15 +612,7 @@ fn at_pool_max_the_next_stale_session_waits_until_the_last_one_has_logged_out() 
 
 #[test]
 fn a_reload_lets_an_account_stopped_after_repeated_2200s_try_again() {
-    let t0 = Instant::now();
-    let mut core = PoolCore::new(limits(1, 1), t0, 1);
-    let mut now = t0;
-    let mut id = opens(&core.start(t0))[0];
-    for _ in 0..3 {
-        core.open_failed(now, id, OpenFailure::Refused(2200), Some("2200".into()));
-        now += secs(60.0);
-        id = opens(&core.tick(now)).first().copied().unwrap_or(0);
-    }
+    let (mut core, now) = stopped_after_three_2200s();
     assert!(core.tick(now + secs(3600.0)).is_empty(), "stopped");
     let actions = core.resume(now);
     assert_eq!(opens(&actions).len(), 1, "{actions:?}");
