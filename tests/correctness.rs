@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -16,13 +15,6 @@ use bytes::Bytes;
 use common::*;
 use eppmux::epp::{self, Message};
 use eppmux_mock::{Fault, MockConfig, MockRegistry};
-
-/// Turns a hang into a failure naming what did not happen.
-async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(secs), fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not within {secs} s"))
-}
 
 fn one_session(cfg: &mut eppmux::config::Config) {
     cfg.registries[0].accounts[0].pool_min = 1;

@@ -1,6 +1,9 @@
 //! The mock registry's model is what the benchmark's ceilings are computed from: each frame must
 //! leave when the model says (not at the next millisecond tick), and `eppmux mock-registry` must
-//! apply the login time and the session cap it is given.
+//! apply the login time and the session cap it is given. And it is what the chaos soak's verdicts
+//! are computed from: a frame that reached the registry after it stopped reading or closed the
+//! session must be on record as unprocessed, or a command eppmux rightly reported lost looks like
+//! one it could have known was not executed.
 
 mod common;
 
@@ -8,6 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
+use eppmux_mock::{Fault, MockConfig, MockRegistry};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const IDENTITY: Option<(&str, &str)> = Some(("client.pem", "client-key.pem"));
@@ -68,4 +72,63 @@ async fn the_mock_registry_command_takes_its_login_time_and_keeps_its_session_ca
     );
     second.expect_closed().await;
     child.kill().await.unwrap();
+}
+
+async fn logged_in_to(mock: &MockRegistry) -> Client {
+    let mut c = Client::tls(mock.addr, IDENTITY).await;
+    c.greeting().await;
+    assert_eq!(c.command(&login_xml(CLID, PASSWORD, "L")).await.code, 1000);
+    c
+}
+
+fn names_in(frames: &[(u64, bytes::Bytes)]) -> Vec<String> {
+    frames
+        .iter()
+        .filter_map(|(_, f)| {
+            let text = String::from_utf8_lossy(f);
+            let name = text.split("<domain:name>").nth(1)?.split('<').next()?;
+            Some(name.to_string())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn frames_sent_to_a_registry_that_stopped_reading_are_on_record_as_unprocessed() {
+    let mock = start_mock(MockConfig::default()).await;
+    let mut c = logged_in_to(&mock).await;
+    mock.push_fault(Fault::StopReading);
+    // The first is read (and meets the fault); the ones after it reach the registry's host only.
+    for name in ["first.gov", "second.gov", "third.gov"] {
+        c.send(domain_cmd("create", name, name)).await;
+    }
+    within(
+        20,
+        "both later frames on record",
+        mock.wait_until(|m| m.unprocessed().len() == 2),
+    )
+    .await;
+    assert_eq!(names_in(&mock.unprocessed()), ["second.gov", "third.gov"]);
+    assert!(names_in(&mock.received()).contains(&"first.gov".to_string()));
+    assert!(mock.ledger().is_empty(), "nothing was processed");
+    mock.shutdown().await;
+}
+
+#[tokio::test]
+async fn frames_sent_to_a_session_the_registry_closed_are_on_record_as_unprocessed() {
+    let mock = start_mock(MockConfig::default()).await;
+    let mut c = logged_in_to(&mock).await;
+    mock.push_fault(Fault::DropBeforeExecute);
+    c.send(domain_cmd("create", "dropped.gov", "D-1")).await;
+    c.expect_closed().await;
+    // Written after the registry closed, before this side did: it arrives, unread.
+    c.send(domain_cmd("create", "late.gov", "D-2")).await;
+    within(
+        20,
+        "the late frame on record",
+        mock.wait_until(|m| !m.unprocessed().is_empty()),
+    )
+    .await;
+    assert_eq!(names_in(&mock.unprocessed()), ["late.gov"]);
+    assert!(mock.ledger().is_empty(), "nothing was processed");
+    mock.shutdown().await;
 }

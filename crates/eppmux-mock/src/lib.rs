@@ -119,6 +119,13 @@ impl MockRegistry {
         self.shared.state().received.clone()
     }
 
+    /// Frames that reached a connection after the registry had stopped reading it or closed it,
+    /// as (connection, frame): the registry never read them. With [`Self::received`], every frame
+    /// a client wrote that reached the registry.
+    pub fn unprocessed(&self) -> Vec<(u64, Bytes)> {
+        self.shared.state().unprocessed.clone()
+    }
+
     /// Every transform processed so far, in order.
     pub fn ledger(&self) -> Vec<LedgerEntry> {
         self.shared.state().ledger.clone()

@@ -7,6 +7,12 @@
 //! ends), and a writer sends each answer RTT/2 after that stamp. With an RTT of zero this is a
 //! plain read-process-write loop; with one, pipelined commands overlap in flight the way they do
 //! on a real network.
+//!
+//! The registry's host is modelled too: when the registry stops reading, its receive buffer still
+//! takes bytes up to its size (beyond it the sender's writes stall), and when it closes a session,
+//! frames already on their way still arrive until the peer closes. Neither kind is processed; both
+//! are recorded as arrived unprocessed, so that a test can tell a command the registry never saw
+//! from one that reached it after it had stopped.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,11 +20,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::{Decoder, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -29,6 +35,14 @@ use crate::clock;
 use crate::commands::{answer, greeting, After};
 use crate::config::Fault;
 use crate::state::{Exchange, Session, Shared};
+
+/// How many bytes the registry's host takes off a connection the registry stopped reading: a
+/// kernel's receive buffer. Beyond it, the sender's writes stall.
+const RECEIVE_BUFFER: usize = 64 << 10;
+
+/// How long a connection the registry closed still takes frames already on their way, when the
+/// peer does not close its side first.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// What the session sends, through the network model.
 enum Out {
@@ -50,8 +64,8 @@ struct Link {
     made: Instant,
     /// Received and not yet answered, for the pipelining statistics.
     unanswered: Arc<AtomicUsize>,
-    /// Cancelled when the session is over: the reader stops.
-    done: CancellationToken,
+    /// Cancelled when the registry has closed the session: what arrives now is not processed.
+    closed: CancellationToken,
     /// Cancelled when this session stops reading (a fault) but keeps the connection.
     mute: CancellationToken,
     reading: JoinHandle<()>,
@@ -63,11 +77,12 @@ impl Link {
         stream: S,
         id: u64,
         shared: &Arc<Shared>,
+        shutdown: &CancellationToken,
     ) -> Link {
         let codec = EppCodec::new(shared.cfg.max_frame);
         let (rd, wr) = tokio::io::split(stream);
         let half_rtt = shared.cfg.rtt / 2;
-        let done = CancellationToken::new();
+        let closed = CancellationToken::new();
         let mute = CancellationToken::new();
         let unanswered = Arc::new(AtomicUsize::new(0));
         let (in_tx, inbox) = mpsc::unbounded_channel();
@@ -79,8 +94,9 @@ impl Link {
             half_rtt,
             shared: shared.clone(),
             unanswered: unanswered.clone(),
-            done: done.clone(),
+            closed: closed.clone(),
             mute: mute.clone(),
+            shutdown: shutdown.clone(),
         };
         let reading = tokio::spawn(reader.run());
         let writing = tokio::spawn(write(FramedWrite::new(wr, codec), outbox, shared.clone()));
@@ -90,7 +106,7 @@ impl Link {
             half_rtt,
             made: Instant::now(),
             unanswered,
-            done,
+            closed,
             mute,
             reading,
             writing,
@@ -112,12 +128,13 @@ impl Link {
         self.unanswered.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Lets the writer finish what was sent (and close with close_notify), then stops reading.
-    async fn finish(self) {
+    /// Lets the writer finish what was sent (and close with close_notify). The reader goes on
+    /// taking what is still on its way ([`Reader::linger`]); the handle returned ends with it.
+    async fn close(self) -> JoinHandle<()> {
         drop(self.out);
         let _ = self.writing.await;
-        self.done.cancel();
-        let _ = self.reading.await;
+        self.closed.cancel();
+        self.reading
     }
 }
 
@@ -129,8 +146,10 @@ struct Reader<R> {
     half_rtt: Duration,
     shared: Arc<Shared>,
     unanswered: Arc<AtomicUsize>,
-    done: CancellationToken,
+    closed: CancellationToken,
     mute: CancellationToken,
+    /// The registry stops: stop lingering.
+    shutdown: CancellationToken,
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
@@ -139,24 +158,86 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         loop {
             let next = tokio::select! {
                 n = self.frames.next() => n,
-                _ = self.done.cancelled() => break,
-                // Stopped reading, the connection stays open: writes to it stall once the
-                // socket buffers are full, as they do with a registry that stopped reading.
+                _ = self.closed.cancelled() => break,
+                // Stopped reading for good, the connection stays open.
                 _ = self.mute.cancelled() => {
-                    self.done.cancelled().await;
+                    self.hold(true).await;
                     break;
                 }
                 _ = until(&mut switch, false) => {
                     tokio::select! {
                         _ = until(&mut switch, true) => continue,
-                        _ = self.done.cancelled() => break,
+                        _ = self.hold(false) => break,
                     }
                 }
             };
-            let Some(Ok(frame)) = next else { break };
+            // The peer closed (or broke the framing): nothing more can arrive.
+            let Some(Ok(frame)) = next else { return };
             if !self.arrived(frame) {
                 break;
             }
+        }
+        self.linger().await;
+    }
+
+    /// The registry stopped reading: its host still takes bytes up to its receive buffer, then
+    /// the sender's writes stall. The bytes stay in the read buffer, read in order if reading
+    /// resumes; when it never will (`for_good`), each frame is recorded as unprocessed as soon as
+    /// it is complete. Returns when the session is closed.
+    async fn hold(&mut self, for_good: bool) {
+        let mut chunk = vec![0u8; 8 << 10];
+        let mut held = self.frames.read_buffer().len();
+        loop {
+            if for_good {
+                self.record_unprocessed();
+            }
+            if held >= RECEIVE_BUFFER {
+                break;
+            }
+            let want = (RECEIVE_BUFFER - held).min(chunk.len());
+            let n = tokio::select! {
+                // Cancel-safe: bytes are taken only when the read completes.
+                r = self.frames.get_mut().read(&mut chunk[..want]) => r,
+                _ = self.closed.cancelled() => return,
+            };
+            match n {
+                Ok(n) if n > 0 => {
+                    held += n;
+                    self.frames.read_buffer_mut().extend_from_slice(&chunk[..n]);
+                }
+                _ => break,
+            }
+        }
+        self.closed.cancelled().await;
+    }
+
+    /// Takes the complete frames out of the read buffer, recorded as never processed.
+    fn record_unprocessed(&mut self) {
+        let mut codec = self.frames.decoder().clone();
+        while let Ok(Some(frame)) = codec.decode(self.frames.read_buffer_mut()) {
+            self.shared.unprocessed(self.id, frame);
+        }
+    }
+
+    /// The registry closed the session: frames held or still on their way arrive until the peer
+    /// closes too (bounded by [`LINGER`] and shutdown), recorded as arrived unprocessed.
+    async fn linger(self) {
+        let Reader {
+            mut frames,
+            id,
+            shared,
+            shutdown,
+            ..
+        } = self;
+        let drain = async {
+            while let Some(Ok(frame)) = frames.next().await {
+                shared.unprocessed(id, frame);
+            }
+        };
+        tokio::select! {
+            _ = drain => {}
+            _ = sleep(LINGER) => {}
+            _ = shutdown.cancelled() => {}
         }
     }
 
@@ -217,7 +298,7 @@ pub(crate) async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'st
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let mut link = Link::start(stream, id, &shared);
+    let mut link = Link::start(stream, id, &shared, &shutdown);
     link.send(Out::Frame(greeting(&shared.cfg.sv_id)));
     let mut session = Session {
         id,
@@ -230,7 +311,7 @@ pub(crate) async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'st
             break;
         }
     }
-    link.finish().await;
+    let reading = link.close().await;
     if let Some(clid) = session.clid {
         let mut st = shared.state();
         if let Some(n) = st.sessions.get_mut(&clid) {
@@ -243,6 +324,7 @@ pub(crate) async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'st
         shared.stats.active_sessions.fetch_sub(1, Ordering::Relaxed);
         shared.changed.send_replace(());
     }
+    let _ = reading.await;
     debug!("mock registry session ended");
 }
 

@@ -67,6 +67,9 @@ pub(crate) struct State {
     pub(crate) transcript: Vec<Exchange>,
     /// Every frame received, processed or not: (connection, frame).
     pub(crate) received: Vec<(u64, Bytes)>,
+    /// Frames that reached a connection after the registry stopped reading it or closed it:
+    /// never read, never processed (connection, frame).
+    pub(crate) unprocessed: Vec<(u64, Bytes)>,
     /// Every transform processed, to prove none ran twice.
     pub(crate) ledger: Vec<LedgerEntry>,
     /// Faults a test queued for the next commands.
@@ -142,6 +145,12 @@ impl Shared {
 
     pub(crate) fn svtrid(&self) -> String {
         format!("mock-{}", self.svtrid.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A frame reached connection `id` after the registry stopped reading it or closed it.
+    pub(crate) fn unprocessed(&self, id: u64, frame: Bytes) {
+        self.state().unprocessed.push((id, frame));
+        self.changed.send_replace(());
     }
 
     pub(crate) fn bump(&self, counter: &AtomicUsize) {
