@@ -196,6 +196,10 @@ fn authorised(req: &Request<Incoming>, live: &AdminLive) -> bool {
 
 /// Ready when every account has at least one logged-in session.
 pub fn readiness(pools: &[Pool]) -> (bool, Vec<String>) {
+    if pools.is_empty() {
+        // Never the case once started (every configuration has an account): not ready.
+        return (false, vec!["starting: no account's pool yet".to_string()]);
+    }
     let mut reasons = Vec::new();
     for pool in pools {
         let stats = pool.stats();
@@ -298,4 +302,17 @@ async fn request(
     })
     .await
     .map_err(|_| ProbeError::Timeout(wait))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_no_pool_yet_eppmux_is_not_ready() {
+        // What the endpoint held before the proxy published its pools: it read "ready".
+        let (ready, reasons) = readiness(&[]);
+        assert!(!ready);
+        assert_eq!(reasons, ["starting: no account's pool yet"]);
+    }
 }

@@ -146,16 +146,9 @@ impl Proxy {
             registries.push(common.start_registry(r, target, listener_tls, plain, tls));
         }
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
-        let admin_state = admin.map(|listener| {
-            let state = Arc::new(AdminState::new(metrics.clone(), AdminLive::default()));
-            common.tasks.spawn(crate::admin::serve(
-                listener,
-                state.clone(),
-                common.tasks.clone(),
-                shutdown.clone(),
-            ));
-            state
-        });
+        let admin_state = admin
+            .as_ref()
+            .map(|_| Arc::new(AdminState::new(metrics.clone(), AdminLive::default())));
         let proxy = Proxy {
             plain_addr: registries.first().and_then(|r| r.plain.as_ref()?.bound),
             tls_addr: registries.first().and_then(|r| r.tls.as_ref()?.bound),
@@ -167,9 +160,16 @@ impl Proxy {
             }),
             reloading: tokio::sync::Mutex::new(()),
             common,
-            admin: admin_state,
+            admin: admin_state.clone(),
         };
         proxy.publish_admin(None);
+        // Served only once it knows the pools and the token: before, /readyz would answer
+        // "ready" for want of any pool, and /status would be open to anyone.
+        if let (Some(listener), Some(state)) = (admin, admin_state) {
+            let tasks = proxy.common.tasks.clone();
+            let serve = crate::admin::serve(listener, state, tasks.clone(), shutdown.clone());
+            tasks.spawn(serve);
+        }
         Ok(proxy)
     }
 
