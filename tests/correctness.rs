@@ -14,7 +14,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use eppmux::epp::{self, Message};
+use eppmux::secret::Secret;
+use eppmux::Proxy;
 use eppmux_mock::{Fault, MockConfig, MockRegistry};
+use tokio_util::sync::CancellationToken;
 
 fn one_session(cfg: &mut eppmux::config::Config) {
     cfg.registries[0].accounts[0].pool_min = 1;
@@ -557,6 +560,38 @@ async fn a_2002_on_a_busy_session_is_relayed_as_it_is() {
     );
     assert_eq!(h.proxy.pools()[0].counters().resent_not_executed, 0);
     h.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_cannot_try_new_credentials_beyond_the_login_budget() {
+    // Reloads with a wrong password, one after another, must not become failed logins at the
+    // registry faster than the budget allows (registries lock accounts after a few): the trial
+    // takes its login from the account's budget like any session.
+    let mock = start_mock(MockConfig::default()).await;
+    let mut cfg = proxy_config(mock.addr);
+    cfg.registries[0].upstream.step_timeout = Duration::from_secs(2);
+    let acc = &mut cfg.registries[0].accounts[0];
+    acc.pool_min = 1;
+    acc.pool_max = 1;
+    // One login at once, then one a minute: the pool's first session takes it.
+    acc.max_logins_per_minute = Some(1);
+    let proxy = Proxy::start(&cfg, CancellationToken::new()).await.unwrap();
+    let pool = proxy.pools()[0].clone();
+    within(20, "the first session", pool.wait_for(|s| s.live == 1)).await;
+    let mut next = cfg.clone();
+    next.registries[0].accounts[0].password = Secret::new("Wrong-Pw-1");
+    for _ in 0..3 {
+        let err = proxy.reload(&next).await.unwrap_err().to_string();
+        assert!(err.contains("login budget"), "{err}");
+    }
+    assert_eq!(
+        mock.stats().login_attempts.load(Relaxed),
+        1,
+        "no trial login reached the registry"
+    );
+    assert!(pool.counters().login_budget_waits >= 3);
+    proxy.shutdown().await;
+    mock.shutdown().await;
 }
 
 #[tokio::test]

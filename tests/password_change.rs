@@ -186,6 +186,32 @@ async fn a_change_the_registry_refuses_keeps_the_old_password_in_force() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_both_passwords_wrong_the_account_stops_after_three_failed_logins() {
+    // Each session tries the other password after a 2200 on the same connection: two failed
+    // logins a session. Registries lock accounts after a few; the stop counts logins.
+    init_tracing();
+    let mut mock_cfg = MockConfig::default();
+    mock_cfg.accounts.insert(CLID.into(), "Neither-Pw-9".into());
+    let mock = start_mock(mock_cfg).await;
+    let proxy = with_new_password(&mock, NEW, (1, 1)).await;
+    let pool = proxy.pools()[0].clone();
+    within(
+        60,
+        "the account stopped",
+        pool.wait_for(|s| s.unhealthy.is_some()),
+    )
+    .await;
+    assert_eq!(
+        mock.stats().login_attempts.load(Relaxed),
+        3,
+        "failed logins at the registry"
+    );
+    assert_eq!(mock.password(CLID).as_deref(), Some("Neither-Pw-9"));
+    proxy.shutdown().await;
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_opening_together_ask_for_the_change_once_and_fail_no_login() {
     init_tracing();
     // A registry slow to check passwords: without one login at a time, every session opening

@@ -33,20 +33,33 @@ impl Inner {
         self.with_state(|st, now| ((), f(&mut st.core, now)));
     }
 
-    /// [`Inner::event`] with the driver's state at hand too; returns what `f` returns.
-    pub(super) fn with_state<T>(
+    /// [`Inner::event`] for an event after which the passwords may have changed: a login was
+    /// answered (it can accomplish a password change), or the credentials were replaced. Only
+    /// then is whether a change is pending read into the core (logins one at a time while it
+    /// is), which keeps the passwords' lock off the path of every command.
+    pub(super) fn login_event<T>(
         self: &Arc<Self>,
         f: impl FnOnce(&mut State, Instant) -> (T, Vec<Action>),
     ) -> T {
-        let now = Instant::now();
         // Read before the state lock: the passwords are never locked inside it.
         let change_pending = {
             let creds = self.credentials();
             let passwords = creds.passwords.lock().unwrap_or_else(|p| p.into_inner());
             passwords.change_pending()
         };
+        self.with_state(|st, now| {
+            st.core.set_serial_logins(change_pending);
+            f(st, now)
+        })
+    }
+
+    /// [`Inner::event`] with the driver's state at hand too; returns what `f` returns.
+    pub(super) fn with_state<T>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut State, Instant) -> (T, Vec<Action>),
+    ) -> T {
+        let now = Instant::now();
         let mut st = self.state();
-        st.core.set_serial_logins(change_pending);
         let before = (st.core.next_wakeup(), st.core.counters());
         let (value, actions) = f(&mut st, now);
         self.apply(&mut st, actions, now);
@@ -221,22 +234,31 @@ impl Owner for Inner {
 
     fn opened(self: &Arc<Self>, id: u64, jobs: mpsc::Sender<Job>, retire: CancellationToken) {
         self.count_login("1000".into());
-        self.with_state(|st, now| {
+        self.login_event(|st, now| {
             st.links.insert(id, Link { jobs, retire });
             ((), st.core.ready(now, id))
         });
     }
 
-    fn open_failed(self: &Arc<Self>, id: u64, login_code: Option<u16>, error: Option<String>) {
-        let why = match (login_code, &error) {
-            (Some(code), _) => OpenFailure::Refused(code),
+    fn login_again(self: &Arc<Self>, code: u16) -> bool {
+        // The first login's answer: the open's outcome counts only the last one.
+        self.count_login(code.to_string());
+        self.with_state(|st, now| (st.core.login_again(now, code), Vec::new()))
+    }
+
+    fn open_failed(self: &Arc<Self>, id: u64, refused: Option<(u16, u32)>, error: Option<String>) {
+        let why = match (refused, &error) {
+            (Some((code, failed_logins)), _) => OpenFailure::Refused {
+                code,
+                failed_logins,
+            },
             (None, Some(_)) => OpenFailure::Error,
             (None, None) => OpenFailure::Cancelled,
         };
         if why != OpenFailure::Cancelled {
-            self.count_login(login_code.map_or_else(|| "error".into(), |c| c.to_string()));
+            self.count_login(refused.map_or_else(|| "error".into(), |(c, _)| c.to_string()));
         }
-        self.event(|core, now| core.open_failed(now, id, why, error));
+        self.login_event(|st, now| ((), st.core.open_failed(now, id, why, error)));
     }
 
     fn answered(self: &Arc<Self>, id: u64) {

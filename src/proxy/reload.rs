@@ -4,8 +4,9 @@
 //! **Prepare** does everything that can fail and changes nothing: it reads every certificate and
 //! key again (building the upstream targets and listener TLS), binds the listener addresses that
 //! are new, and tries every account whose credentials changed (address, CA, certificate, key,
-//! password, a password change asked for) with one session of its own at the registry. Any
-//! failure — an unreadable file, a taken port, a 2200, a TLS error — fails the reload as a whole:
+//! password, a password change asked for) with one session of its own at the registry, its login
+//! taken from the account's login budget. Any failure — an unreadable file, a taken port, a 2200,
+//! a TLS error, no login left in the budget — fails the reload as a whole:
 //! the running configuration stays, every session included, and the failure is logged, counted
 //! (`eppmux_config_reloads_total{result="failed"}`) and shown in `/status`.
 //!
@@ -20,6 +21,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -45,6 +47,12 @@ pub enum ReloadError {
         registry: String,
         account: String,
         source: OpenError,
+    },
+    #[error("registry {registry}, account {account}: the account's login budget (max_logins_per_minute) has no login left to try the new credentials, the next in {next:?}; nothing was changed: reload again then")]
+    LoginBudget {
+        registry: String,
+        account: String,
+        next: Duration,
     },
 }
 
@@ -135,28 +143,34 @@ impl Proxy {
         }
         let results = futures_util::future::join_all(tries.into_iter().map(
             |(i, registry, pool, acc, target)| async move {
-                let tried = pool.try_credentials(&acc, target).await;
+                // The trial is a login like any other: a burst of reloads must not log in
+                // faster than the budget (registries lock accounts after failed logins).
+                let budget = pool.take_login(target.step_timeout).await;
+                let tried = match budget {
+                    Ok(()) => pool.try_credentials(&acc, target).await.map_err(|source| {
+                        ReloadError::Credentials {
+                            registry: registry.clone(),
+                            account: acc.clid.clone(),
+                            source,
+                        }
+                    }),
+                    Err(next) => Err(ReloadError::LoginBudget {
+                        registry: registry.clone(),
+                        account: acc.clid.clone(),
+                        next,
+                    }),
+                };
                 (i, registry, acc.clid, tried)
             },
         ))
         .await;
         for (i, registry, account, tried) in results {
-            match tried {
-                Ok(creds) => {
-                    info!(
-                        registry,
-                        account, "reload: the registry accepted the new credentials"
-                    );
-                    out[i].credentials.insert(account, creds);
-                }
-                Err(source) => {
-                    return Err(ReloadError::Credentials {
-                        registry,
-                        account,
-                        source,
-                    })
-                }
-            }
+            let creds = tried?;
+            info!(
+                registry,
+                account, "reload: the registry accepted the new credentials"
+            );
+            out[i].credentials.insert(account, creds);
         }
         Ok(out)
     }

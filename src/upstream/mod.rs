@@ -119,13 +119,31 @@ pub enum OpenError {
     #[error("{step}: unexpected message from the registry: {detail}")]
     Unexpected { step: &'static str, detail: String },
     #[error("login refused by the registry: {code} {msg}")]
-    LoginRefused { code: u16, msg: String },
+    LoginRefused {
+        code: u16,
+        msg: String,
+        /// How many `<login>`s of this open the registry answered 2200 (a second one on the
+        /// same connection included): each counts towards the stop after repeated 2200s.
+        failed_logins: u32,
+    },
 }
 
 impl OpenError {
     pub fn login_code(&self) -> Option<u16> {
         match self {
             OpenError::LoginRefused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The refused login's answer and the 2200s of this open, if the registry refused it.
+    pub fn login_refusal(&self) -> Option<(u16, u32)> {
+        match self {
+            OpenError::LoginRefused {
+                code,
+                failed_logins,
+                ..
+            } => Some((*code, *failed_logins)),
             _ => None,
         }
     }

@@ -65,9 +65,12 @@ pub trait Owner: Send + Sync + 'static {
     fn greeting(&self, frame: Bytes);
     /// Session `id` logged in: jobs go to `jobs`; `retire` is cancelled when it should log out.
     fn opened(self: &Arc<Self>, id: u64, jobs: mpsc::Sender<Job>, retire: CancellationToken);
-    /// Session `id` did not open: refused with `login_code`, or failed with `error`, or (both
-    /// None) cancelled by shutdown.
-    fn open_failed(self: &Arc<Self>, id: u64, login_code: Option<u16>, error: Option<String>);
+    /// A login was answered `code` and the passwords say to try the other one on the same
+    /// connection: whether to send that second `<login>` (it counts like any login).
+    fn login_again(self: &Arc<Self>, code: u16) -> bool;
+    /// Session `id` did not open: its login refused (the answer, and how many `<login>`s were
+    /// answered 2200), or failed with `error`, or (both None) cancelled by shutdown.
+    fn open_failed(self: &Arc<Self>, id: u64, refused: Option<(u16, u32)>, error: Option<String>);
     /// One job of session `id` is done and the session goes on.
     fn answered(self: &Arc<Self>, id: u64);
     /// Session `id` takes no new jobs (it reached its maximum age or suspects it was forgotten).
@@ -134,6 +137,7 @@ async fn open<O: Owner>(id: u64, owner: &Arc<O>, creds: &Credentials) -> Option<
         &creds.passwords,
         &cltrid,
         target.step_timeout,
+        |code| owner.login_again(code),
     );
     let result = tokio::select! {
         r = login => r,
@@ -153,7 +157,7 @@ async fn open<O: Owner>(id: u64, owner: &Arc<O>, creds: &Credentials) -> Option<
         Ok(session) => Some(session),
         Err(e) => {
             warn!(error = %e, result_code = e.login_code(), "upstream session could not be opened");
-            fail_open(owner, id, e.login_code(), Some(e.to_string()))
+            fail_open(owner, id, e.login_refusal(), Some(e.to_string()))
         }
     }
 }
@@ -161,10 +165,10 @@ async fn open<O: Owner>(id: u64, owner: &Arc<O>, creds: &Credentials) -> Option<
 fn fail_open<O: Owner>(
     owner: &Arc<O>,
     id: u64,
-    code: Option<u16>,
+    refused: Option<(u16, u32)>,
     error: Option<String>,
 ) -> Option<Session> {
-    owner.open_failed(id, code, error);
+    owner.open_failed(id, refused, error);
     None
 }
 

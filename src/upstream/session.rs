@@ -103,27 +103,41 @@ pub async fn connect(
 
 impl Connected {
     /// Logs in as `account`, with the password `passwords` says (see `super::password`): a second
-    /// login on the same connection when it says so, every answer reported to it. Services are
-    /// the account's, or the greeting's.
+    /// login on the same connection when it says so and `again` (told the first one's answer)
+    /// allows it, every answer reported to it. Services are the account's, or the greeting's.
     pub async fn login(
         mut self,
         account: &AccountConfig,
         passwords: &Mutex<Passwords>,
         cltrid: &str,
         step: Duration,
+        mut again: impl FnMut(u16) -> bool,
     ) -> Result<Session, OpenError> {
         let started = Instant::now();
         let mut attempt = lock(passwords).first();
         let mut cltrid = cltrid.to_string();
         let mut refused: Option<(u16, String)> = None;
+        let mut failed_logins = 0;
         loop {
             let sent = self.send_login(account, &attempt, &cltrid, step).await;
             let (code, msg) = match (sent, refused) {
                 (Ok(answer), _) => answer,
                 // The registry closed after refusing the first login: that refusal is what
                 // counts (towards the stop after repeated 2200s), not the closed connection.
-                (Err(_), Some((code, msg))) => return Err(OpenError::LoginRefused { code, msg }),
+                (Err(_), Some((code, msg))) => {
+                    return Err(OpenError::LoginRefused {
+                        code,
+                        msg,
+                        failed_logins,
+                    })
+                }
                 (Err(e), None) => return Err(e),
+            };
+            failed_logins += u32::from(code == 2200);
+            let refusal = |code, msg| OpenError::LoginRefused {
+                code,
+                msg,
+                failed_logins,
             };
             let learned = lock(passwords).learn(&attempt, code, &msg);
             report(&account.clid, learned);
@@ -137,14 +151,24 @@ impl Connected {
                     answers: Answers::default(),
                 });
             }
-            let again = lock(passwords).after(&attempt, code);
-            match again {
-                Some(next) if !cltrid.ends_with("-again") => {
+            // One further login at most, and only when the owner allows it.
+            let next = lock(passwords)
+                .after(&attempt, code)
+                .filter(|_| !cltrid.ends_with("-again"));
+            match next {
+                Some(next) if again(code) => {
                     attempt = next;
                     cltrid.push_str("-again");
                     refused = Some((code, msg));
                 }
-                _ => return Err(OpenError::LoginRefused { code, msg }),
+                Some(_) => {
+                    info!(
+                        code,
+                        "not trying the other password on this connection: no login left in the budget, or a 2200 to it would pass the stop after repeated 2200s"
+                    );
+                    return Err(refusal(code, msg));
+                }
+                None => return Err(refusal(code, msg)),
             }
         }
     }
@@ -223,7 +247,14 @@ impl Session {
         ));
         connect(target, on_greeting)
             .await?
-            .login(account, &passwords, login_cltrid, target.step_timeout)
+            .login(
+                account,
+                &passwords,
+                login_cltrid,
+                target.step_timeout,
+                // Run by hand, once: no budget to take from; both passwords may be tried.
+                |_| true,
+            )
             .await
     }
 

@@ -40,7 +40,8 @@ pub use types::{Action, Counters, Ended, Grant, Limits, OpenFailure, Refusal, Se
 pub type SessionId = u64;
 pub type WaiterId = u64;
 
-/// Consecutive 2200 login answers after which the account stops trying.
+/// Consecutive 2200 login answers after which the account stops trying (each `<login>` answered
+/// 2200 counts, the second one a session may send on the same connection included).
 const MAX_LOGIN_REFUSALS: u32 = 3;
 /// How long after eppmux dropped a session (closed it without `<logout>`) a 2502 is presumed to
 /// be the registry still counting that session rather than a cap below `pool_max`: registries
@@ -301,33 +302,45 @@ impl PoolCore {
         if error.is_some() {
             self.last_error = error;
         }
-        match why {
-            OpenFailure::Refused(2200) => {
-                self.login_refusals += 1;
-                if self.login_refusals >= MAX_LOGIN_REFUSALS {
-                    let reason = format!(
-                        "the registry refused login with 2200 {} times in a row; not retrying until the password changes (check it, then SIGHUP or restart)",
-                        self.login_refusals
-                    );
-                    error!("{reason}");
-                    self.unhealthy = Some(reason.clone());
-                    if self.live() == 0 {
-                        self.waiting_bytes = 0;
-                        for (waiter, _) in self.waiters.drain(..) {
-                            out.push(Action::Refuse {
-                                waiter,
-                                why: Refusal::Unavailable(reason.clone()),
-                            });
-                        }
-                    }
-                }
+        if let OpenFailure::Refused {
+            code,
+            failed_logins,
+        } = why
+        {
+            self.login_refusals += failed_logins;
+            if failed_logins > 0 && self.login_refusals >= MAX_LOGIN_REFUSALS {
+                out.extend(self.stop_account());
             }
-            OpenFailure::Refused(2502) => self.on_session_limit(now),
-            _ => {}
+            if code == 2502 {
+                self.on_session_limit(now);
+            }
         }
         let pause = backoff(self.failures, &mut self.rng);
         self.backoff_until = Some(now + pause);
         self.settled(now, out)
+    }
+
+    /// Repeated 2200s: no more logins until the password changes (registries lock accounts
+    /// after a few failed logins). Waiters are refused when no session is left to serve them.
+    fn stop_account(&mut self) -> Vec<Action> {
+        let reason = format!(
+            "the registry refused login with 2200 {} times in a row; not retrying until the password changes (check it, then SIGHUP or restart)",
+            self.login_refusals
+        );
+        error!("{reason}");
+        self.unhealthy = Some(reason.clone());
+        if self.live() > 0 {
+            return Vec::new();
+        }
+        self.waiting_bytes = 0;
+        let refusal = Refusal::Unavailable(reason);
+        self.waiters
+            .drain(..)
+            .map(|(waiter, _)| Action::Refuse {
+                waiter,
+                why: refusal.clone(),
+            })
+            .collect()
     }
 
     /// A 2502 at login: the registry counts as many sessions of ours as it allows.
@@ -352,6 +365,33 @@ impl PoolCore {
             "registry session limit reached (2502): holding the account at {cap} session(s)"
         );
         self.capped = Some((cap, now + hold));
+    }
+
+    /// A login outside the pool's sessions (a reload's trial of new credentials) takes from the
+    /// same budget: whatever logs in as this account counts. Err: when the next one is there.
+    pub fn take_login(&mut self, now: Instant) -> Result<(), Instant> {
+        if self.logins.take(now) {
+            return Ok(());
+        }
+        self.counters.login_budget_waits += 1;
+        Err(self.logins.ready_at())
+    }
+
+    /// A session's `<login>` was answered `code` and its passwords say to try the other one on
+    /// the same connection. That second `<login>` is a login like any other: it takes from the
+    /// budget, and it is not sent when a 2200 to it would pass the stop after repeated 2200s.
+    /// True: send it. (The 2200s are counted when the open ends, by [`PoolCore::open_failed`].)
+    pub fn login_again(&mut self, now: Instant, code: u16) -> bool {
+        // The refusals so far, this open's 2200 and one to the second `<login>` must not pass
+        // the stop between them.
+        if self.login_refusals + u32::from(code == 2200) + 1 > MAX_LOGIN_REFUSALS {
+            return false;
+        }
+        if !self.logins.take(now) {
+            self.counters.login_budget_waits += 1;
+            return false;
+        }
+        true
     }
 
     /// Logins one at a time (a password change is pending: see `upstream::password`).

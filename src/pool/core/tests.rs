@@ -16,6 +16,14 @@ fn limits(min: usize, max: usize) -> Limits {
     }
 }
 
+/// A login answered `code`, the only `<login>` of its session.
+fn refused(code: u16) -> OpenFailure {
+    OpenFailure::Refused {
+        code,
+        failed_logins: u32::from(code == 2200),
+    }
+}
+
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
@@ -69,7 +77,7 @@ fn stopped_after_three_2200s() -> (PoolCore, Instant) {
     let mut now = t0;
     let mut id = opens(&core.start(t0))[0];
     for _ in 0..3 {
-        core.open_failed(now, id, OpenFailure::Refused(2200), Some("2200".into()));
+        core.open_failed(now, id, refused(2200), Some("2200".into()));
         now += secs(60.0);
         id = opens(&core.tick(now)).first().copied().unwrap_or(0);
     }
@@ -320,7 +328,7 @@ fn three_2200s_stop_the_account_and_refuse_its_waiters() {
     core.request(t0, 1, 100, false);
     let mut now = t0;
     for round in 1..=3 {
-        let actions = core.open_failed(now, id, OpenFailure::Refused(2200), Some("2200".into()));
+        let actions = core.open_failed(now, id, refused(2200), Some("2200".into()));
         if round == 3 {
             assert_eq!(
                 actions,
@@ -343,12 +351,57 @@ fn three_2200s_stop_the_account_and_refuse_its_waiters() {
 }
 
 #[test]
+fn the_stop_counts_every_login_answered_2200_the_other_password_s_included() {
+    // With new_password set, a session tries the other password on the same connection after a
+    // 2200: two failed logins at the registry. Three in all stop the account, not three sessions.
+    let t0 = Instant::now();
+    let mut core = PoolCore::new(limits(1, 1), t0, 1);
+    let id = opens(&core.start(t0))[0];
+    let now = t0 + secs(60.0);
+    assert!(
+        core.login_again(now, 2200),
+        "first refusal: the other password may be tried"
+    );
+    let both = OpenFailure::Refused {
+        code: 2200,
+        failed_logins: 2,
+    };
+    core.open_failed(now, id, both, Some("2200".into()));
+    assert!(core.stats(now).unhealthy.is_none(), "two failed logins");
+    let later = now + secs(60.0);
+    let id = opens(&core.tick(later))[0];
+    assert!(
+        !core.login_again(later, 2200),
+        "a 2200 to the other password would be the fourth failed login"
+    );
+    core.open_failed(later, id, refused(2200), Some("2200".into()));
+    assert!(core.stats(later).unhealthy.is_some(), "stopped at three");
+    assert!(
+        core.tick(later + secs(3600.0)).is_empty(),
+        "no more attempts"
+    );
+}
+
+#[test]
+fn the_other_password_on_the_same_connection_takes_from_the_login_budget() {
+    let t0 = Instant::now();
+    let mut lim = limits(1, 1);
+    lim.logins_per_minute = Some(6);
+    let mut core = PoolCore::new(lim, t0, 1);
+    opens(&core.start(t0));
+    // The burst (pool_max = 1) went to the session's first login.
+    assert!(!core.login_again(t0, 2200));
+    assert_eq!(core.counters().login_budget_waits, 1);
+    assert!(core.login_again(t0 + secs(10.0), 2200), "one every 10 s");
+}
+
+#[test]
 fn a_2502_holds_the_account_at_its_live_count_until_the_hold_ends() {
     let t0 = Instant::now();
     let mut core = PoolCore::new(limits(2, 2), t0, 1);
     let ids = opens(&core.start(t0));
     core.ready(t0, ids[0]);
-    core.open_failed(t0, ids[1], OpenFailure::Refused(2502), None);
+    core.open_failed(t0, ids[1], refused(2502), None);
     assert_eq!(core.stats(t0).effective_max, 1);
     assert!(opens(&core.tick(t0 + secs(299.0))).is_empty());
     assert_eq!(core.next_wakeup(), Some(t0 + secs(300.0)));
@@ -364,13 +417,13 @@ fn a_2502_right_after_an_own_drop_is_retried_not_held() {
     let actions = core.ended(now, 1, Ended::Lost, Some("no response".into()));
     let mut id = opens(&actions)[0];
     for _ in 0..TRANSIENT_2502_RETRIES {
-        core.open_failed(now, id, OpenFailure::Refused(2502), None);
+        core.open_failed(now, id, refused(2502), None);
         assert_eq!(core.stats(now).effective_max, 2, "not held");
         now = core.next_wakeup().expect("a backoff");
         id = opens(&core.tick(now))[0];
     }
     // Still refused after that: the cap is real.
-    core.open_failed(now, id, OpenFailure::Refused(2502), None);
+    core.open_failed(now, id, refused(2502), None);
     assert_eq!(core.stats(now).effective_max, 1);
 }
 
@@ -401,6 +454,25 @@ fn the_login_budget_bounds_logins_whatever_happens() {
     );
     assert!(core.counters().login_budget_waits > 0);
     assert!(core.stats(now).login_budget_wait.is_some());
+}
+
+#[test]
+fn a_login_outside_the_sessions_takes_from_the_same_budget() {
+    let t0 = Instant::now();
+    let mut lim = limits(1, 2);
+    lim.logins_per_minute = Some(6);
+    let mut core = PoolCore::new(lim, t0, 1);
+    // A burst of pool_max: the first session takes one, a reload's trial the other.
+    let first = opens(&core.start(t0))[0];
+    core.ready(t0, first);
+    assert_eq!(core.take_login(t0), Ok(()));
+    let next = t0 + secs(10.0);
+    assert_eq!(core.take_login(t0), Err(next), "then one every 10 s");
+    // The session lost now waits for the budget the trial used.
+    core.ended(t0, first, Ended::Lost, None);
+    assert!(opens(&core.tick(t0)).is_empty());
+    assert_eq!(core.next_wakeup(), Some(next));
+    assert_eq!(opens(&core.tick(next)).len(), 1);
 }
 
 #[test]
@@ -627,12 +699,7 @@ fn a_rotation_whose_credentials_keep_failing_stops_logging_in() {
     let mut spare = opens(&core.rotate(now));
     for _ in 0..3 {
         assert_eq!(spare.len(), 1, "one spare at a time");
-        core.open_failed(
-            now,
-            spare[0],
-            OpenFailure::Refused(2200),
-            Some("2200".into()),
-        );
+        core.open_failed(now, spare[0], refused(2200), Some("2200".into()));
         now += secs(60.0);
         spare = opens(&core.tick(now));
     }

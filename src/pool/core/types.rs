@@ -36,8 +36,9 @@ impl Limits {
 pub enum OpenFailure {
     /// Shutting down: not a failure.
     Cancelled,
-    /// The registry answered the login with this code.
-    Refused(u16),
+    /// The registry answered the login with `code`; `failed_logins` of this open's `<login>`s
+    /// (one, or two with the other password on the same connection) were answered 2200.
+    Refused { code: u16, failed_logins: u32 },
     /// Anything else: connect, TLS, a timeout, a broken greeting.
     Error,
 }
