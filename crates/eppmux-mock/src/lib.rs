@@ -114,14 +114,16 @@ impl MockRegistry {
         self.shared.state().transcript.clone()
     }
 
-    /// Every frame received so far, processed or not, as (connection, frame), in order.
+    /// Every frame the registry read so far, processed or not, as (connection, frame), in order.
+    /// Frames that reached it but that it never read are in [`Self::unprocessed`].
     pub fn received(&self) -> Vec<(u64, Bytes)> {
         self.shared.state().received.clone()
     }
 
-    /// Frames that reached a connection after the registry had stopped reading it or closed it,
-    /// as (connection, frame): the registry never read them. With [`Self::received`], every frame
-    /// a client wrote that reached the registry.
+    /// Frames that reached a connection and were never processed, as (connection, frame): read
+    /// but still queued when the registry stopped reading or closed the session (these are in
+    /// [`Self::received`] too), or arriving after that (never read). With [`Self::received`],
+    /// every frame a client wrote that reached the registry.
     pub fn unprocessed(&self) -> Vec<(u64, Bytes)> {
         self.shared.state().unprocessed.clone()
     }

@@ -9,10 +9,11 @@
 //! on a real network.
 //!
 //! The registry's host is modelled too: when the registry stops reading, its receive buffer still
-//! takes bytes up to its size (beyond it the sender's writes stall), and when it closes a session,
-//! frames already on their way still arrive until the peer closes. Neither kind is processed; both
-//! are recorded as arrived unprocessed, so that a test can tell a command the registry never saw
-//! from one that reached it after it had stopped.
+//! takes bytes up to its size (beyond it, and the sockets' own buffers, the sender's writes
+//! stall), and when it closes a session, frames already on their way still arrive until the peer
+//! closes. Those frames, and the ones it had read but not yet processed when it stopped or closed,
+//! are recorded as unprocessed, so that a test can tell a command the registry never saw from
+//! one that reached it after it had stopped.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -128,13 +129,23 @@ impl Link {
         self.unanswered.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Lets the writer finish what was sent (and close with close_notify). The reader goes on
-    /// taking what is still on its way ([`Reader::linger`]); the handle returned ends with it.
-    async fn close(self) -> JoinHandle<()> {
+    /// Lets the writer finish what was sent (and close with close_notify). Frames read and not
+    /// processed are abandoned; the reader goes on taking what is still on its way
+    /// ([`Reader::linger`]); the handle returned ends with it.
+    async fn close(mut self, id: u64, shared: &Shared) -> JoinHandle<()> {
+        self.closed.cancel();
+        self.abandon_queued(id, shared);
         drop(self.out);
         let _ = self.writing.await;
-        self.closed.cancel();
         self.reading
+    }
+
+    /// The registry stopped reading or closed: frames read and not yet processed never will be.
+    fn abandon_queued(&mut self, id: u64, shared: &Shared) {
+        while let Ok((_, frame)) = self.inbox.try_recv() {
+            shared.unprocessed(id, frame);
+            self.answered();
+        }
     }
 }
 
@@ -166,18 +177,44 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 }
                 _ = until(&mut switch, false) => {
                     tokio::select! {
-                        _ = until(&mut switch, true) => continue,
+                        _ = until(&mut switch, true) => {
+                            // What was held comes first, in order.
+                            if !self.deliver_held() {
+                                break;
+                            }
+                            continue;
+                        }
                         _ = self.hold(false) => break,
                     }
                 }
             };
             // The peer closed (or broke the framing): nothing more can arrive.
             let Some(Ok(frame)) = next else { return };
+            if self.mute.is_cancelled() || self.closed.is_cancelled() {
+                // Read just as the registry stopped: it never processes it.
+                self.shared.unprocessed(self.id, frame);
+                if self.mute.is_cancelled() {
+                    self.hold(true).await;
+                }
+                break;
+            }
             if !self.arrived(frame) {
                 break;
             }
         }
         self.linger().await;
+    }
+
+    /// Reading resumed: the complete frames held in the read buffer go to the session (the
+    /// framed reader would only decode them once more bytes arrive). False once it is gone.
+    fn deliver_held(&mut self) -> bool {
+        let mut codec = self.frames.decoder().clone();
+        while let Ok(Some(frame)) = codec.decode(self.frames.read_buffer_mut()) {
+            if !self.arrived(frame) {
+                return false;
+            }
+        }
+        true
     }
 
     /// The registry stopped reading: its host still takes bytes up to its receive buffer, then
@@ -221,7 +258,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
     /// The registry closed the session: frames held or still on their way arrive until the peer
     /// closes too (bounded by [`LINGER`] and shutdown), recorded as arrived unprocessed.
-    async fn linger(self) {
+    async fn linger(mut self) {
+        self.record_unprocessed();
         let Reader {
             mut frames,
             id,
@@ -311,7 +349,7 @@ pub(crate) async fn serve_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'st
             break;
         }
     }
-    let reading = link.close().await;
+    let reading = link.close(id, &shared).await;
     if let Some(clid) = session.clid {
         let mut st = shared.state();
         if let Some(n) = st.sessions.get_mut(&clid) {
@@ -444,6 +482,7 @@ async fn before_processing(
         }
         Fault::StopReading => {
             link.mute.cancel();
+            link.abandon_queued(session.id, shared);
             tokio::select! {
                 _ = sleep(shared.cfg.idle_timeout) => {}
                 _ = shutdown.cancelled() => {}

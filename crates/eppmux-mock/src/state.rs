@@ -65,10 +65,11 @@ pub(crate) struct State {
     pub(crate) live_by_cert: HashMap<String, usize>,
     /// Every command processed (or refused by a fault) with its answer.
     pub(crate) transcript: Vec<Exchange>,
-    /// Every frame received, processed or not: (connection, frame).
+    /// Every frame the registry read off a connection, processed or not: (connection, frame).
     pub(crate) received: Vec<(u64, Bytes)>,
-    /// Frames that reached a connection after the registry stopped reading it or closed it:
-    /// never read, never processed (connection, frame).
+    /// Frames that reached a connection and were never processed: read but still queued when the
+    /// registry stopped reading or closed the session (in `received` too), or never read (they
+    /// arrived after that): (connection, frame).
     pub(crate) unprocessed: Vec<(u64, Bytes)>,
     /// Every transform processed, to prove none ran twice.
     pub(crate) ledger: Vec<LedgerEntry>,
@@ -147,7 +148,7 @@ impl Shared {
         format!("mock-{}", self.svtrid.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// A frame reached connection `id` after the registry stopped reading it or closed it.
+    /// A frame that reached connection `id` will never be processed.
     pub(crate) fn unprocessed(&self, id: u64, frame: Bytes) {
         self.state().unprocessed.push((id, frame));
         self.changed.send_replace(());
