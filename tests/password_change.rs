@@ -6,6 +6,7 @@
 mod common;
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use common::*;
 use eppmux::config::Config;
@@ -207,6 +208,15 @@ async fn with_both_passwords_wrong_the_account_stops_after_three_failed_logins()
         "failed logins at the registry"
     );
     assert_eq!(mock.password(CLID).as_deref(), Some("Neither-Pw-9"));
+    // The metric counts each of them once.
+    let admin = proxy.admin_addr.unwrap();
+    let (_, metrics) = eppmux::admin::get(admin, "/metrics", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let line = format!(
+        "eppmux_upstream_logins_total{{registry=\"\",account=\"{CLID}\",result=\"2200\"}} 3"
+    );
+    assert!(metrics.contains(&line), "{metrics}");
     proxy.shutdown().await;
     mock.shutdown().await;
 }

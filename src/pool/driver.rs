@@ -240,10 +240,9 @@ impl Owner for Inner {
         });
     }
 
-    fn login_again(self: &Arc<Self>, code: u16) -> bool {
-        // The first login's answer: the open's outcome counts only the last one.
+    fn login_refused(self: &Arc<Self>, code: u16, offered: bool) -> bool {
         self.count_login(code.to_string());
-        self.with_state(|st, now| (st.core.login_again(now, code), Vec::new()))
+        offered && self.with_state(|st, now| (st.core.login_again(now, code), Vec::new()))
     }
 
     fn open_failed(self: &Arc<Self>, id: u64, refused: Option<(u16, u32)>, error: Option<String>) {
@@ -255,8 +254,10 @@ impl Owner for Inner {
             (None, Some(_)) => OpenFailure::Error,
             (None, None) => OpenFailure::Cancelled,
         };
-        if why != OpenFailure::Cancelled {
-            self.count_login(refused.map_or_else(|| "error".into(), |(c, _)| c.to_string()));
+        // Refusals were counted as they came (`login_refused`); left to count is an open that
+        // ended with no answer to its `<login>`.
+        if why == OpenFailure::Error {
+            self.count_login("error".into());
         }
         self.login_event(|st, now| ((), st.core.open_failed(now, id, why, error)));
     }

@@ -76,11 +76,18 @@ impl Pool {
         let cltrid = format!("eppmux-reload-{}", fastrand::u32(..));
         let connected = crate::upstream::session::connect(&target, |_| {}).await?;
         let session = match connected
-            .login(account, &trial, &cltrid, target.step_timeout, |_| {
-                // The other password, on the same connection, only with a login in the budget.
-                let inner = &self.inner;
-                inner.with_state(|st, now| (st.core.take_login(now).is_ok(), Vec::new()))
-            })
+            .login(
+                account,
+                &trial,
+                &cltrid,
+                target.step_timeout,
+                |_, offered| {
+                    // The other password, on the same connection, only with a login in the budget.
+                    let inner = &self.inner;
+                    offered
+                        && inner.with_state(|st, now| (st.core.take_login(now).is_ok(), Vec::new()))
+                },
+            )
             .await
         {
             Ok(session) => session,

@@ -65,9 +65,9 @@ pub trait Owner: Send + Sync + 'static {
     fn greeting(&self, frame: Bytes);
     /// Session `id` logged in: jobs go to `jobs`; `retire` is cancelled when it should log out.
     fn opened(self: &Arc<Self>, id: u64, jobs: mpsc::Sender<Job>, retire: CancellationToken);
-    /// A login was answered `code` and the passwords say to try the other one on the same
-    /// connection: whether to send that second `<login>` (it counts like any login).
-    fn login_again(self: &Arc<Self>, code: u16) -> bool;
+    /// A `<login>` was refused with `code`. When the passwords offer another on the same
+    /// connection (`offered`), whether to send it (it counts like any login).
+    fn login_refused(self: &Arc<Self>, code: u16, offered: bool) -> bool;
     /// Session `id` did not open: its login refused (the answer, and how many `<login>`s were
     /// answered 2200), or failed with `error`, or (both None) cancelled by shutdown.
     fn open_failed(self: &Arc<Self>, id: u64, refused: Option<(u16, u32)>, error: Option<String>);
@@ -137,7 +137,7 @@ async fn open<O: Owner>(id: u64, owner: &Arc<O>, creds: &Credentials) -> Option<
         &creds.passwords,
         &cltrid,
         target.step_timeout,
-        |code| owner.login_again(code),
+        |code, offered| owner.login_refused(code, offered),
     );
     let result = tokio::select! {
         r = login => r,

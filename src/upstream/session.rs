@@ -103,15 +103,16 @@ pub async fn connect(
 
 impl Connected {
     /// Logs in as `account`, with the password `passwords` says (see `super::password`): a second
-    /// login on the same connection when it says so and `again` (told the first one's answer)
-    /// allows it, every answer reported to it. Services are the account's, or the greeting's.
+    /// login on the same connection when it says so and `again` allows it. Every answer is
+    /// reported to `passwords`, and every refusal to `again` (its code, and whether the passwords
+    /// offer another login). Services are the account's, or the greeting's.
     pub async fn login(
         mut self,
         account: &AccountConfig,
         passwords: &Mutex<Passwords>,
         cltrid: &str,
         step: Duration,
-        mut again: impl FnMut(u16) -> bool,
+        mut again: impl FnMut(u16, bool) -> bool,
     ) -> Result<Session, OpenError> {
         let started = Instant::now();
         let mut attempt = lock(passwords).first();
@@ -151,12 +152,13 @@ impl Connected {
                     answers: Answers::default(),
                 });
             }
-            // One further login at most, and only when the owner allows it.
+            // One further login at most, and only when the owner, told of every refusal, allows it.
             let next = lock(passwords)
                 .after(&attempt, code)
                 .filter(|_| !cltrid.ends_with("-again"));
+            let retry = again(code, next.is_some());
             match next {
-                Some(next) if again(code) => {
+                Some(next) if retry => {
                     attempt = next;
                     cltrid.push_str("-again");
                     refused = Some((code, msg));
@@ -253,7 +255,7 @@ impl Session {
                 login_cltrid,
                 target.step_timeout,
                 // Run by hand, once: no budget to take from; both passwords may be tried.
-                |_| true,
+                |_, offered| offered,
             )
             .await
     }

@@ -381,10 +381,19 @@ impl PoolCore {
     /// the same connection. That second `<login>` is a login like any other: it takes from the
     /// budget, and it is not sent when a 2200 to it would pass the stop after repeated 2200s.
     /// True: send it. (The 2200s are counted when the open ends, by [`PoolCore::open_failed`].)
+    ///
+    /// # Race window
+    /// Sessions opening together each get their first answer before any open has ended and been
+    /// counted: only a session opening alone tries the other password, or several would each
+    /// spend two failed logins. The others fail with their first answer; the failure makes the
+    /// next opens one at a time, and the first of them tries it.
     pub fn login_again(&mut self, now: Instant, code: u16) -> bool {
         // The refusals so far, this open's 2200 and one to the second `<login>` must not pass
         // the stop between them.
         if self.login_refusals + u32::from(code == 2200) + 1 > MAX_LOGIN_REFUSALS {
+            return false;
+        }
+        if self.opening() > 1 {
             return false;
         }
         if !self.logins.take(now) {

@@ -383,6 +383,23 @@ fn the_stop_counts_every_login_answered_2200_the_other_password_s_included() {
 }
 
 #[test]
+fn only_a_session_opening_alone_tries_the_other_password() {
+    let t0 = Instant::now();
+    let mut lim = limits(2, 2);
+    lim.logins_per_minute = Some(600);
+    let mut core = PoolCore::new(lim, t0, 1);
+    let ids = opens(&core.start(t0));
+    assert_eq!(ids.len(), 2);
+    let now = t0 + secs(1.0);
+    assert!(
+        !core.login_again(now, 2200),
+        "two opening: neither tries it"
+    );
+    core.open_failed(now, ids[0], refused(2200), Some("2200".into()));
+    assert!(core.login_again(now, 2200), "the one left opening may");
+}
+
+#[test]
 fn the_other_password_on_the_same_connection_takes_from_the_login_budget() {
     let t0 = Instant::now();
     let mut lim = limits(1, 1);
