@@ -425,14 +425,7 @@ mod tests {
 
     #[test]
     fn encrypted_keys_load_with_their_passphrase_in_every_supported_form() {
-        for (cert, key) in [
-            ("rsa.pem", "rsa-key-pkcs8-aes256.pem"),
-            ("rsa.pem", "rsa-key-pkcs8-sha1.pem"),
-            ("rsa.pem", "rsa-key-legacy-aes256.pem"),
-            ("rsa.pem", "rsa-key-legacy-des3.pem"),
-            ("ec.pem", "ec-key-pkcs8-scrypt.pem"),
-            ("ec.pem", "ec-key-legacy-aes128.pem"),
-        ] {
+        for (cert, key) in crate::keys::tests::ENCRYPTED_FIXTURES {
             let cert = file(&format!("tests/fixtures/keys/{cert}"));
             // Both sides: the listener's key, and the client key presented to the registry.
             server_config(&cert, &key_with(key, Some(PASS)), None)

@@ -29,18 +29,11 @@ struct Service {
 }
 
 fn service(name: &str) -> Service {
-    let out = std::process::Command::new("python3")
-        .arg(format!("{ROOT}/scripts/compose-service.py"))
-        .arg(format!("{ROOT}/docker-compose.yml"))
-        .arg(name)
-        .output()
-        .expect("python3 (with PyYAML: scripts/install-test-deps.sh)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = python_json([
+        format!("{ROOT}/scripts/compose-service.py"),
+        format!("{ROOT}/docker-compose.yml"),
+        name.to_string(),
+    ]);
     let strings = |v: &serde_json::Value| -> Vec<String> {
         v.as_array()
             .unwrap()

@@ -283,7 +283,7 @@ out = [("alert " + r["alert"], r["expr"]) for g in rules["groups"] for r in g["r
 out += [("alerts.test.yml", s["series"]) for t in tests["tests"] for s in t["input_series"]]
 print(json.dumps(out))
 "#;
-    python_json(
+    script_json(
         script,
         &[
             "deploy/prometheus/alerts.yml",
@@ -565,7 +565,7 @@ print(json.dumps({"args": c["args"], "env": env, "mounts": mounts,
                   "grace": pod["terminationGracePeriodSeconds"],
                   "pre_stop_sleep": c["lifecycle"]["preStop"]["sleep"]["seconds"]}))
 "#;
-    python_json(script, &["deploy/kubernetes/base/deployment.yaml"])
+    script_json(script, &["deploy/kubernetes/base/deployment.yaml"])
 }
 
 /// GET with a bearer token (eppmux::admin::get sends none).
@@ -777,16 +777,11 @@ fn the_overlay_toml_is_the_base_toml_but_for_the_pool_sizes() {
 
 /// What a Python `script` (PyYAML at hand, as in scripts/check-deploy.sh) prints as JSON, given
 /// these repository files as arguments.
-fn python_json<T: serde::de::DeserializeOwned>(script: &str, files: &[&str]) -> T {
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .args(files.iter().map(|f| format!("{ROOT}/{f}")))
-        .output()
-        .expect("python3 (with PyYAML: scripts/install-test-deps.sh)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+fn script_json<T: serde::de::DeserializeOwned>(script: &str, files: &[&str]) -> T {
+    let files = files.iter().map(|f| format!("{ROOT}/{f}"));
+    python_json(
+        ["-c".to_string(), script.to_string()]
+            .into_iter()
+            .chain(files),
+    )
 }

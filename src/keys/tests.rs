@@ -27,18 +27,23 @@ fn evp_bytes_to_key_matches_openssl() {
 }
 const EXPECTED_EVP_KEY: &str = "C9E5A1BD216DBE1317E230CEF48F38EE7F0E17AD64022144BCCEC4A1AA2879AB";
 
+/// Every encrypted key fixture (tests/fixtures/keys/make-keys.sh) with its certificate; the plain
+/// key of `x.pem` is `x-key.pem`. The TLS and handshake tests load each form too.
+pub(crate) const ENCRYPTED_FIXTURES: [(&str, &str); 7] = [
+    ("rsa.pem", "rsa-key-pkcs8-aes256.pem"),
+    ("rsa.pem", "rsa-key-pkcs8-sha1.pem"),
+    ("rsa.pem", "rsa-key-legacy-aes256.pem"),
+    ("rsa.pem", "rsa-key-legacy-des3.pem"),
+    ("ec.pem", "ec-key-pkcs8-scrypt.pem"),
+    ("ec.pem", "ec-key-pkcs8-des3.pem"),
+    ("ec.pem", "ec-key-legacy-aes128.pem"),
+];
+
 #[test]
 fn every_supported_encrypted_form_decrypts_to_the_plain_key() {
     let pass = passphrase();
-    for (file, plain) in [
-        ("rsa-key-pkcs8-aes256.pem", "rsa-key.pem"),
-        ("rsa-key-pkcs8-sha1.pem", "rsa-key.pem"),
-        ("rsa-key-legacy-aes256.pem", "rsa-key.pem"),
-        ("rsa-key-legacy-des3.pem", "rsa-key.pem"),
-        ("ec-key-pkcs8-scrypt.pem", "ec-key.pem"),
-        ("ec-key-pkcs8-des3.pem", "ec-key.pem"),
-        ("ec-key-legacy-aes128.pem", "ec-key.pem"),
-    ] {
+    for (cert, file) in ENCRYPTED_FIXTURES {
+        let plain = &cert.replace(".pem", "-key.pem");
         let key = decode_private_key(&fixture(file), Some(&pass))
             .unwrap_or_else(|e| panic!("{file}: {e}"));
         let plain_key = decode_private_key(&fixture(plain), None).unwrap();

@@ -44,10 +44,7 @@ impl Pool {
     pub async fn take_login(&self, wait: Duration) -> Result<(), Duration> {
         let deadline = Instant::now() + wait;
         loop {
-            let taken = self
-                .inner
-                .with_state(|st, now| (st.core.take_login(now), Vec::new()));
-            let next = match taken {
+            let next = match self.take_login_now() {
                 Ok(()) => return Ok(()),
                 Err(next) => next,
             };
@@ -56,6 +53,12 @@ impl Pool {
             }
             sleep_until(next).await;
         }
+    }
+
+    /// One login from the budget now, or when the next one is there.
+    fn take_login_now(&self) -> Result<(), Instant> {
+        let inner = &self.inner;
+        inner.with_state(|st, now| (st.core.take_login(now), Vec::new()))
     }
 
     /// Tries `account` at `target` with one session of its own (connect, log in, log out)
@@ -81,12 +84,8 @@ impl Pool {
                 &trial,
                 &cltrid,
                 target.step_timeout,
-                |_, offered| {
-                    // The other password, on the same connection, only with a login in the budget.
-                    let inner = &self.inner;
-                    offered
-                        && inner.with_state(|st, now| (st.core.take_login(now).is_ok(), Vec::new()))
-                },
+                // The other password, on the same connection, only with a login in the budget.
+                |_, offered| offered && self.take_login_now().is_ok(),
             )
             .await
         {

@@ -130,10 +130,7 @@ pub enum OpenError {
 
 impl OpenError {
     pub fn login_code(&self) -> Option<u16> {
-        match self {
-            OpenError::LoginRefused { code, .. } => Some(*code),
-            _ => None,
-        }
+        self.login_refusal().map(|(code, _)| code)
     }
 
     /// The refused login's answer and the 2200s of this open, if the registry refused it.

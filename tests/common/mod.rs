@@ -54,6 +54,23 @@ pub fn free_port() -> u16 {
     free_addr().port()
 }
 
+/// What `python3 args…` prints as JSON (PyYAML at hand, from scripts/install-test-deps.sh, as the
+/// repository's scripts expect).
+pub fn python_json<T: serde::de::DeserializeOwned>(
+    args: impl IntoIterator<Item = impl AsRef<std::ffi::OsStr>>,
+) -> T {
+    let out = std::process::Command::new("python3")
+        .args(args)
+        .output()
+        .expect("python3 (with PyYAML: scripts/install-test-deps.sh)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Turns a hang into a failure naming what did not happen.
 pub async fn within<T>(secs: u64, what: &str, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(std::time::Duration::from_secs(secs), fut)

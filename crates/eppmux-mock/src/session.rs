@@ -205,11 +205,10 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         self.linger().await;
     }
 
-    /// Reading resumed: the complete frames held in the read buffer go to the session (the
-    /// framed reader would only decode them once more bytes arrive). False once it is gone.
+    /// Reading resumed: the complete frames held in the read buffer go to the session. False
+    /// once it is gone.
     fn deliver_held(&mut self) -> bool {
-        let mut codec = self.frames.decoder().clone();
-        while let Ok(Some(frame)) = codec.decode(self.frames.read_buffer_mut()) {
+        while let Some(frame) = self.next_held() {
             if !self.arrived(frame) {
                 return false;
             }
@@ -250,10 +249,16 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
     /// Takes the complete frames out of the read buffer, recorded as never processed.
     fn record_unprocessed(&mut self) {
-        let mut codec = self.frames.decoder().clone();
-        while let Ok(Some(frame)) = codec.decode(self.frames.read_buffer_mut()) {
+        while let Some(frame) = self.next_held() {
             self.shared.unprocessed(self.id, frame);
         }
+    }
+
+    /// The next complete frame in the read buffer, decoded here because the framed reader only
+    /// decodes again once more bytes arrive (the codec keeps no state between frames).
+    fn next_held(&mut self) -> Option<Bytes> {
+        let mut codec = self.frames.decoder().clone();
+        codec.decode(self.frames.read_buffer_mut()).ok().flatten()
     }
 
     /// The registry closed the session: frames held or still on their way arrive until the peer

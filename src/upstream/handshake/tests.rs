@@ -249,15 +249,7 @@ async fn the_openssl_stack_says_what_it_offers_when_the_registry_has_no_suite_in
 
 #[test]
 fn encrypted_keys_work_with_the_openssl_stack_and_a_key_of_another_certificate_does_not() {
-    for (cert, key) in [
-        ("rsa.pem", "rsa-key-pkcs8-aes256.pem"),
-        ("rsa.pem", "rsa-key-pkcs8-sha1.pem"),
-        ("rsa.pem", "rsa-key-legacy-aes256.pem"),
-        ("rsa.pem", "rsa-key-legacy-des3.pem"),
-        ("ec.pem", "ec-key-pkcs8-scrypt.pem"),
-        ("ec.pem", "ec-key-pkcs8-des3.pem"),
-        ("ec.pem", "ec-key-legacy-aes128.pem"),
-    ] {
+    for (cert, key) in crate::keys::tests::ENCRYPTED_FIXTURES {
         let mut cfg = upstream("127.0.0.1:700", "localhost", "certs-example/ca.pem", key);
         cfg.cert = file(&format!("tests/fixtures/keys/{cert}")).into();
         if let Err(e) = Connector::new(&cfg) {
